@@ -1,0 +1,60 @@
+"""The Jupyter Workbench SDK, for notebooks, scripts and jobs running in a workbench session.
+
+    import workbench
+    workbench.current_project()        # the session's project
+    workbench.projects.list()          # every project you can see
+    workbench.projects.get("churn")
+
+Module-level names use a Client built from the session environment on first use; build a
+`workbench.Client(api_url=..., token=...)` to talk to a workbench from elsewhere.
+"""
+
+import functools
+import os
+
+from .client import Client
+from .errors import NotInSessionError, WorkbenchError
+
+__all__ = [
+    "Client",
+    "NotInSessionError",
+    "WorkbenchError",
+    "current_project",
+    "default_client",
+    "projects",
+]
+
+
+@functools.cache
+def _client_for(api_url, token, project):
+    return Client(api_url=api_url, token=token, project=project)
+
+
+def default_client():
+    """The Client for the current environment (one per distinct set of variables)."""
+    return _client_for(
+        os.environ.get("WORKBENCH_API_URL"),
+        os.environ.get("WORKBENCH_TOKEN"),
+        os.environ.get("WORKBENCH_PROJECT"),
+    )
+
+
+def current_project():
+    """The project this session or job runs in, as a dict."""
+    return default_client().current_project()
+
+
+class _DefaultResource:
+    """A resource of the default client, looked up on each use (e.g. `workbench.projects`)."""
+
+    def __init__(self, name):
+        self._name = name
+
+    def __getattr__(self, attr):
+        return getattr(getattr(default_client(), self._name), attr)
+
+    def __repr__(self):
+        return f"<workbench.{self._name} of the session's default client>"
+
+
+projects = _DefaultResource("projects")

@@ -1,0 +1,79 @@
+"""Calls from the session to the workbench control plane and the JupyterHub API."""
+
+import asyncio
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import httpx
+from tornado import web
+
+
+def _bad_gateway(message):
+    # "%s" keeps a "%" in an upstream message from being read as a format directive.
+    return web.HTTPError(502, "%s", message)
+
+
+@dataclass
+class Upstream:
+    """The session's view of the control plane (`api_url`) and the hub API (`hub_api_url`)."""
+
+    client: httpx.AsyncClient
+    api_url: str
+    hub_api_url: str
+    token: str
+
+    async def _get(self, base, path, what):
+        url = base.rstrip("/") + path
+        try:
+            response = await self.client.get(url, headers={"Authorization": f"token {self.token}"})
+        except httpx.HTTPError as e:
+            raise _bad_gateway(f"could not reach {what} at {url}: {e}") from e
+        if response.status_code >= 400:
+            raise _bad_gateway(f"{what} answered {response.status_code}: {_message(response)}")
+        try:
+            return response.json()
+        except ValueError as e:
+            raise _bad_gateway(f"{what} sent a response that is not JSON") from e
+
+    async def api_get(self, path):
+        """GET a control-plane path such as `/projects`; upstream failures raise 502."""
+        if not self.api_url:
+            raise web.HTTPError(503, "not inside a workbench session: WORKBENCH_API_URL is not set")
+        return await self._get(self.api_url, path, "the workbench control plane")
+
+    async def running_projects(self, user, projects):
+        """Names of `projects` for which `user` has an active (starting or running) session."""
+        servers = await self._hub_servers()
+        if servers is not None:
+            return set(servers) & set(projects)
+        listings = await asyncio.gather(
+            *(self.api_get(f"/projects/{quote(name, safe='')}/sessions") for name in projects)
+        )
+        return {
+            name
+            for name, listing in zip(projects, listings, strict=True)
+            if any(
+                s.get("full_name") == f"{user}/{name}" and not s.get("stopped")
+                for s in listing["sessions"]
+            )
+        }
+
+    async def _hub_servers(self):
+        """The user's active servers from the hub, or None if the token may not read them."""
+        if not self.hub_api_url:
+            return None
+        try:
+            model = await self._get(self.hub_api_url, "/user", "the JupyterHub API")
+        except web.HTTPError:
+            return None
+        return model.get("servers")
+
+
+def _message(response):
+    try:
+        body = response.json()
+    except ValueError:
+        return response.reason_phrase or "no message"
+    if isinstance(body, dict) and body.get("message"):
+        return body["message"]
+    return response.reason_phrase or "no message"

@@ -1,0 +1,245 @@
+"""The one base handler: authentication, JSON bodies, JSON errors and project access."""
+
+import json
+from http import HTTPStatus
+
+from jupyterhub.services.auth import HubOAuthenticated, UserNotAllowed
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from tornado import web
+
+from workbench_hub import audit
+from workbench_hub.orm import Collaborator, Project
+from workbench_hub.roles import Identity, Ownership, Role, effective_role
+
+
+class APIError(web.HTTPError):
+    """An error answered as ``{"status", "message", "field"?}``."""
+
+    def __init__(self, status: int, message: str, field: str | None = None) -> None:
+        super().__init__(status, message)
+        self.message = message
+        self.field = field
+
+
+class APIHandler(HubOAuthenticated, web.RequestHandler):
+    """Base of every control plane handler.
+
+    Identifies the caller through JupyterHub (token header or OAuth cookie, whose non-GET
+    requests must pass the hub's XSRF check), answers 401/403 as JSON instead of redirecting,
+    and requires ``custom:workbench:use``. Routes that the service's own token may call set
+    `service_allowed`; routes only it may call set `service_only`.
+    """
+
+    service_allowed = False
+    service_only = False
+
+    @property
+    def hub_auth(self):
+        return self.settings["hub_auth"]
+
+    @property
+    def service(self):
+        return self.settings["service"]
+
+    @property
+    def db(self):
+        return self.settings["db"]
+
+    @property
+    def hub(self):
+        return self.settings["hub"]
+
+    def get_login_url(self):
+        raise APIError(401, "authentication required")
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.set_header("Cache-Control", "no-store")
+
+    async def prepare(self) -> None:
+        model = await self.hub_auth.get_user(self, sync=False)
+        if not model:
+            raise APIError(
+                401,
+                "authentication required: send 'Authorization: token <JupyterHub API token>'"
+                " or log in through the hub",
+            )
+        try:
+            model = self.check_hub_user(model)
+        except UserNotAllowed:
+            raise APIError(403, "this token may not access the workbench service") from None
+        self.current_user = model
+        self.identity = await self._identity(model)
+        if self.is_service:
+            if not (self.service_allowed or self.service_only):
+                raise APIError(403, "the service token may not call this route")
+        elif self.service_only:
+            raise APIError(403, "only the workbench service itself may call this route")
+        elif not self.identity.can_use:
+            raise APIError(403, "this token lacks the scope custom:workbench:use")
+
+    async def _identity(self, model: dict) -> Identity:
+        kind = model.get("kind", "user")
+        groups = model.get("groups")
+        if groups is None and kind == "user":
+            groups = await self.hub.user_groups(model["name"]) or ()
+        return Identity(
+            name=model["name"],
+            kind=kind,
+            groups=frozenset(groups or ()),
+            scopes=frozenset(model.get("scopes") or ()),
+            hub_admin=bool(model.get("admin")),
+        )
+
+    @property
+    def is_service(self) -> bool:
+        return self.identity.kind == "service" and self.identity.name == self.service.service_name
+
+    # request bodies
+
+    def json_body(self, fields: dict[str, type | tuple], required: tuple[str, ...] = ()) -> dict:
+        """The JSON object body, checked against `fields` (name → allowed type(s))."""
+        try:
+            body = json.loads(self.request.body or b"{}")
+        except (ValueError, UnicodeDecodeError):
+            raise APIError(400, "body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise APIError(400, "body must be a JSON object")
+        for key in body:
+            if key not in fields:
+                raise APIError(400, f"unknown field {key!r}", field=key)
+        for key in required:
+            if key not in body:
+                raise APIError(400, f"missing required field {key!r}", field=key)
+        for key, value in body.items():
+            expected = fields[key]
+            if isinstance(value, bool) and bool not in _as_tuple(expected):
+                ok = False
+            else:
+                ok = isinstance(value, expected)
+            if not ok:
+                names = " or ".join(_JSON_TYPE_NAMES[t] for t in _as_tuple(expected))
+                raise APIError(400, f"field {key!r} must be {names}", field=key)
+        return body
+
+    # projects and roles
+
+    async def project_for(
+        self, session, name: str, need: Role, action: str
+    ) -> tuple[Project, Role]:
+        """Project `name` and the caller's role: 404 if hidden from them, 403 if too low."""
+        project = await session.scalar(select(Project).where(Project.name == name))
+        role = None if project is None else await self.role_on(session, project)
+        if role is None:
+            raise APIError(404, f"no project {name!r}")
+        if role < need:
+            await self.audit_denied(action, "project", name, {"role": role.label})
+            raise APIError(
+                403,
+                f"your role on project {name!r} is {role.label}; {action} needs {need.label}",
+            )
+        return project, role
+
+    async def role_on(self, session, project: Project) -> Role | None:
+        collaborator = await session.scalar(
+            select(Collaborator.role).where(
+                Collaborator.project_id == project.id,
+                Collaborator.user_name == self.identity.name,
+            )
+        )
+        return effective_role(
+            self.identity,
+            await self.ownership(project),
+            Role.parse(collaborator) if collaborator else None,
+        )
+
+    async def ownership(self, project: Project) -> Ownership:
+        owner_groups = frozenset()
+        if project.visibility == "team" and project.owner_kind == "user":
+            owner_groups = await self.hub.user_groups(project.owner_name) or frozenset()
+        return Ownership(project.owner_kind, project.owner_name, project.visibility, owner_groups)
+
+    def project_json(self, project: Project, role: Role) -> dict:
+        return {
+            "name": project.name,
+            "description": project.description,
+            "owner": {"kind": project.owner_kind, "name": project.owner_name},
+            "visibility": project.visibility,
+            "created": project.created.isoformat(),
+            "updated": project.updated.isoformat(),
+            "role": role.label,
+            "path": str(self.service.project_path(project.name)),
+        }
+
+    # audit
+
+    async def audit_denied(self, action: str, object_type: str, object_id: str, detail=None):
+        """Record a forbidden attempt in its own transaction (the request's is rolled back)."""
+        async with self.db.session() as session:
+            audit.record(
+                session,
+                actor=self.identity.name,
+                action=action,
+                object_type=object_type,
+                object_id=object_id,
+                outcome="denied",
+                detail=detail,
+            )
+            await session.commit()
+
+    # responses
+
+    def write_json(self, data: dict, status: int = 200) -> None:
+        self.set_status(status)
+        self.finish(json.dumps(data))
+
+    def log_exception(self, typ, value, tb) -> None:
+        if isinstance(value, IntegrityError):
+            self.log.info("%s %s: conflict: %s", self.request.method, self.request.path, value.orig)
+        else:
+            super().log_exception(typ, value, tb)
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        field = None
+        if isinstance(exc, APIError):
+            message, field = exc.message, exc.field
+        elif isinstance(exc, IntegrityError):
+            status_code, message = 409, "conflicts with an existing object"
+            self.set_status(409)
+        elif isinstance(exc, web.HTTPError):
+            message = exc.log_message or exc.reason or HTTPStatus(status_code).phrase
+            if exc.args[1:]:
+                message = message % exc.args[1:]
+        elif exc is not None:
+            message = "internal error; the details are in the workbench service log"
+        else:
+            message = self._reason
+        body = {"status": status_code, "message": message}
+        if field is not None:
+            body["field"] = field
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(json.dumps(body))
+
+
+_JSON_TYPE_NAMES = {
+    str: "a string",
+    bool: "a boolean",
+    int: "an integer",
+    dict: "an object",
+    list: "a list",
+    type(None): "null",
+}
+
+
+def _as_tuple(types) -> tuple:
+    return types if isinstance(types, tuple) else (types,)
+
+
+class NotFoundHandler(APIHandler):
+    """Unknown paths under the API prefix: a JSON 404 (after authentication)."""
+
+    async def prepare(self) -> None:
+        await super().prepare()
+        raise APIError(404, f"no route {self.request.path}")

@@ -1,0 +1,86 @@
+"""Project collaborators: list, add or change a role, remove."""
+
+from sqlalchemy import select
+
+from workbench_hub import audit
+from workbench_hub.handlers.base import APIError, APIHandler
+from workbench_hub.orm import Collaborator
+from workbench_hub.roles import ROLE_NAMES, Role
+
+
+class CollaboratorListHandler(APIHandler):
+    async def get(self, name):
+        async with self.db.session() as session:
+            project, _ = await self.project_for(session, name, Role.VIEWER, "viewing")
+            rows = await session.scalars(
+                select(Collaborator)
+                .where(Collaborator.project_id == project.id)
+                .order_by(Collaborator.user_name)
+            )
+            collaborators = [{"user": c.user_name, "role": c.role} for c in rows]
+        self.write_json({"collaborators": collaborators})
+
+
+class CollaboratorHandler(APIHandler):
+    async def put(self, name, user):
+        body = self.json_body({"role": str}, required=("role",))
+        if body["role"] not in ROLE_NAMES:
+            raise APIError(400, f"role must be one of {list(ROLE_NAMES)}", field="role")
+        async with self.db.session() as session:
+            project, _ = await self.project_for(
+                session, name, Role.ADMIN, "managing collaborators"
+            )
+            if await self.hub.get_user(user) is None:
+                raise APIError(404, f"no such user {user!r} in the hub", field="user")
+            collaborator = await session.scalar(
+                select(Collaborator).where(
+                    Collaborator.project_id == project.id, Collaborator.user_name == user
+                )
+            )
+            previous = collaborator.role if collaborator else None
+            if collaborator is None:
+                collaborator = Collaborator(project_id=project.id, user_name=user)
+                session.add(collaborator)
+            collaborator.role = body["role"]
+            if previous != body["role"]:
+                audit.record(
+                    session,
+                    actor=self.identity.name,
+                    action="collaborator.add" if previous is None else "collaborator.change",
+                    object_type="project",
+                    object_id=name,
+                    detail={"user": user, "role": body["role"], "previous_role": previous},
+                )
+            await session.commit()
+        self.write_json({"user": user, "role": body["role"]})
+
+    async def delete(self, name, user):
+        async with self.db.session() as session:
+            project, _ = await self.project_for(
+                session, name, Role.ADMIN, "managing collaborators"
+            )
+            collaborator = await session.scalar(
+                select(Collaborator).where(
+                    Collaborator.project_id == project.id, Collaborator.user_name == user
+                )
+            )
+            if collaborator is None:
+                raise APIError(404, f"{user!r} is not a collaborator on {name!r}", field="user")
+            await session.delete(collaborator)
+            audit.record(
+                session,
+                actor=self.identity.name,
+                action="collaborator.remove",
+                object_type="project",
+                object_id=name,
+                detail={"user": user, "previous_role": collaborator.role},
+            )
+            await session.commit()
+        self.set_status(204)
+        self.finish()
+
+
+handlers = [
+    (r"projects/(?P<name>[^/]+)/collaborators", CollaboratorListHandler),
+    (r"projects/(?P<name>[^/]+)/collaborators/(?P<user>[^/]+)", CollaboratorHandler),
+]

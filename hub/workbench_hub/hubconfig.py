@@ -1,0 +1,117 @@
+"""JupyterHub configuration of the workbench, applied by the generated ``jupyterhub_config.py``."""
+
+import sys
+
+SERVICE_NAME = "workbench"
+
+CUSTOM_SCOPES = {
+    "custom:workbench:use": {
+        "description": "Use Jupyter Workbench: see projects, create projects, act by project role.",
+    },
+    "custom:workbench:admin": {
+        "description": "Administer Jupyter Workbench: every project, the audit log.",
+        "subscopes": ["custom:workbench:use"],
+    },
+}
+
+#: What a session's own token may do: the hub's defaults, plus the control plane.
+SESSION_TOKEN_SCOPES = [
+    "users:activity!user",
+    "access:servers!server",
+    "read:servers!user",
+    f"access:services!service={SERVICE_NAME}",
+    "custom:workbench:use",
+]
+
+
+def configure_hub(c, settings: dict) -> None:
+    """Fill a JupyterHub config object from ``workbench up``'s settings."""
+    s = settings
+    public_url = f"http://{s['ip']}:{s['port']}"
+    service_url = f"http://127.0.0.1:{s['service_port']}"
+    prefix = f"/services/{SERVICE_NAME}"
+
+    c.JupyterHub.bind_url = public_url
+    c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{s['hub_port']}"
+    c.JupyterHub.db_url = f"sqlite:///{s['data_dir']}/jupyterhub.sqlite"
+    c.JupyterHub.cookie_secret_file = f"{s['data_dir']}/secrets/jupyterhub_cookie_secret"
+    c.JupyterHub.pid_file = f"{s['data_dir']}/jupyterhub.pid"
+    c.JupyterHub.allow_named_servers = True
+    c.JupyterHub.named_server_limit_per_user = 0
+    c.JupyterHub.cleanup_servers = True
+    c.JupyterHub.cleanup_proxy = True
+    c.JupyterHub.redirect_to_server = False
+
+    c.JupyterHub.proxy_class = "configurable-http-proxy"
+    # The Python port of configurable-http-proxy: no Node.js needed.
+    c.ConfigurableHTTPProxy.command = [
+        sys.executable,
+        "-c",
+        "from configurable_http_proxy.cli import main; main()",
+    ]
+    c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{s['proxy_api_port']}"
+    c.ConfigurableHTTPProxy.should_start = True
+
+    c.JupyterHub.authenticator_class = "workbench_hub.auth.WorkbenchAuthenticator"
+    c.WorkbenchAuthenticator.users_file = f"{s['data_dir']}/users.json"
+
+    c.JupyterHub.spawner_class = "workbench_spawner.local.WorkbenchLocalSpawner"
+    c.Spawner.server_token_scopes = SESSION_TOKEN_SCOPES
+    c.Spawner.default_url = "/lab"
+    c.Spawner.http_timeout = 60
+    c.Spawner.start_timeout = 120
+    c.WorkbenchLocalSpawner.workbench_api_url = f"{service_url}{prefix}/api/v1"
+    c.WorkbenchLocalSpawner.workbench_api_token = s["service_token"]
+    c.WorkbenchLocalSpawner.public_api_url = f"{public_url}{prefix}/api/v1"
+    c.WorkbenchLocalSpawner.home_dir_template = f"{s['data_dir']}/homes/{{username}}"
+
+    command = [
+        sys.executable,
+        "-m",
+        "workbench_hub",
+        f"--WorkbenchService.db_url={s['db_url']}",
+        f"--WorkbenchService.project_root={s['project_root']}",
+        f"--WorkbenchService.data_dir={s['data_dir']}",
+        f"--WorkbenchService.public_hub_url={public_url}",
+    ]
+    if s.get("config_file"):
+        command.append(f"--WorkbenchService.config_file={s['config_file']}")
+    c.JupyterHub.services = [
+        {
+            "name": SERVICE_NAME,
+            "display": True,
+            "url": service_url,
+            "command": command,
+            "api_token": s["service_token"],
+            "oauth_no_confirm": True,
+            "cwd": s["data_dir"],
+        }
+    ]
+    c.JupyterHub.custom_scopes = CUSTOM_SCOPES
+    c.JupyterHub.load_roles = [
+        {
+            "name": "user",
+            "description": "Every user: their own resources and the workbench.",
+            "scopes": ["self", "custom:workbench:use", f"access:services!service={SERVICE_NAME}"],
+        },
+        {
+            "name": "workbench-admin",
+            "description": "Workbench administrators (hub admins are administrators too).",
+            "scopes": ["custom:workbench:admin", f"access:services!service={SERVICE_NAME}"],
+            "users": sorted(s.get("admin_users", [])),
+        },
+        {
+            "name": "workbench-service",
+            "description": "The control plane: reads users and groups, manages sessions.",
+            "scopes": [
+                "admin:servers",
+                "admin:users",
+                "read:groups",
+                "list:users",
+                "read:users",
+                "custom:workbench:admin",
+            ],
+            "services": [SERVICE_NAME],
+        },
+    ]
+    c.Authenticator.admin_users = set(s.get("admin_users", []))

@@ -1,0 +1,133 @@
+"""End to end: the real `workbench up`, three users logged in through the hub, real sessions."""
+
+import re
+import time
+
+import httpx
+import psutil
+import pytest
+
+from tests.harness import Workbench
+
+pytestmark = pytest.mark.e2e
+
+PASSWORDS = {"alice": "alice-pass-1", "bob": "bob-pass-12", "carol": "carol-pass-1"}
+
+
+def xsrf_headers(client: httpx.Client) -> dict:
+    return {"X-XSRFToken": client.cookies.get("_xsrf", path="/hub/") or ""}
+
+
+def token_of(client: httpx.Client, name: str) -> str:
+    """Create an API token from a logged-in browser session, as the hub's token page does."""
+    r = client.post(
+        f"/hub/api/users/{name}/tokens", json={"note": "e2e"}, headers=xsrf_headers(client)
+    )
+    assert r.status_code == 201, r.text
+    return r.json()["token"]
+
+
+def wait_server_ready(wb: Workbench, user: str, server: str, timeout=120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        model = wb.hub("GET", f"/users/{user}").json()
+        spawner = model.get("servers", {}).get(server)
+        if spawner and spawner.get("ready"):
+            return spawner
+        time.sleep(0.2)
+    raise AssertionError(f"server {user}/{server} not ready:\n{wb.log()}")
+
+
+@pytest.fixture(scope="module")
+def running():
+    wb = Workbench().start()
+    yield wb
+    if wb.proc.poll() is None:
+        wb.stop()
+
+
+def test_three_users_projects_and_sessions(running):
+    wb = running
+    assert wb.admin_password, "first start must print the admin's password"
+    for name, password in PASSWORDS.items():
+        wb.add_login(name, password)
+    browsers = {name: wb.login(name, pw) for name, pw in PASSWORDS.items()}
+    tokens = {name: token_of(browsers[name], name) for name in PASSWORDS}
+
+    def api(user, method, path, **kw):
+        return httpx.request(
+            method,
+            f"{wb.api_url}{path}",
+            headers={"Authorization": f"token {tokens[user]}"},
+            timeout=120,
+            **kw,
+        )
+
+    # A creates a project from the built-in template and shares it with B as viewer.
+    r = api("alice", "POST", "/projects", json={"name": "churn", "template": "python-starter"})
+    assert r.status_code == 201, r.text
+    project = r.json()
+    assert project["role"] == "admin"
+    r = api("alice", "PUT", "/projects/churn/collaborators/bob", json={"role": "viewer"})
+    assert r.status_code == 200, r.text
+
+    # A and B start sessions in it (named server = project) and reach them through the proxy.
+    for user in ("alice", "bob"):
+        client = browsers[user]
+        r = client.post(f"/hub/api/users/{user}/servers/churn", headers=xsrf_headers(client))
+        assert r.status_code in (201, 202), r.text
+    for user in ("alice", "bob"):
+        wait_server_ready(wb, user, "churn")
+        r = httpx.get(
+            f"{wb.url}/user/{user}/churn/api/status",
+            headers={"Authorization": f"token {tokens[user]}"},
+            timeout=60,
+        )
+        assert r.status_code == 200, r.text
+        assert "started" in r.json()
+        # The session's root is the project directory.
+        r = httpx.get(
+            f"{wb.url}/user/{user}/churn/api/contents/",
+            headers={"Authorization": f"token {tokens[user]}"},
+            timeout=60,
+        )
+        assert r.status_code == 200
+        assert "README.md" in {item["name"] for item in r.json()["content"]}
+
+    sessions = api("alice", "GET", "/projects/churn/sessions").json()["sessions"]
+    assert {s["user"] for s in sessions} == {"alice", "bob"}
+
+    # B is a viewer: changing the project is refused.
+    r = api("bob", "PATCH", "/projects/churn", json={"description": "mine now"})
+    assert r.status_code == 403, r.text
+    assert r.json()["message"]
+    r = api("bob", "DELETE", "/projects/churn", params={"confirm": "churn"})
+    assert r.status_code == 403
+
+    # C sees neither the project nor its sessions.
+    assert "churn" not in {p["name"] for p in api("carol", "GET", "/projects").json()["projects"]}
+    assert api("carol", "GET", "/projects/churn").status_code == 404
+    assert api("carol", "GET", "/projects/churn/sessions").status_code == 404
+    r = httpx.get(
+        f"{wb.url}/user/alice/churn/api/status",
+        headers={"Authorization": f"token {tokens['carol']}"},
+        timeout=60,
+    )
+    assert r.status_code in (403, 404)
+
+    # The audit log saw it all.
+    events = httpx.get(
+        f"{wb.api_url}/audit",
+        headers={"Authorization": f"token {wb.admin_token}"},
+        timeout=60,
+    ).json()["events"]
+    actions = {e["action"] for e in events}
+    assert {"project.created", "collaborator.added", "session.started"} <= actions
+
+    # Everything stops cleanly, with no stray processes.
+    children = wb.descendants()
+    names = " ".join(" ".join(p.cmdline()) for p in children if p.is_running())
+    assert re.search(r"jupyterhub-singleuser|singleuser", names), names
+    assert wb.stop() == 0
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, [p.cmdline() for p in alive]
