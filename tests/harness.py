@@ -39,6 +39,7 @@ class Workbench:
     def __init__(self, db_url: str | None = None, extra_config: str = "", data_dir=None):
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="workbench-test-"))
         self.port = free_port()
+        self.service_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.api_url = self.url + SERVICE_API
         self.db_url = db_url
@@ -66,7 +67,7 @@ class Workbench:
             "--hub-port",
             str(free_port()),
             "--service-port",
-            str(free_port()),
+            str(self.service_port),
             "--proxy-api-port",
             str(free_port()),
             "--config",

@@ -1,16 +1,11 @@
 """Calls from the session to the workbench control plane and the JupyterHub API."""
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import quote
 
 import httpx
 from tornado import web
-
-
-def _bad_gateway(message):
-    # "%s" keeps a "%" in an upstream message from being read as a format directive.
-    return web.HTTPError(502, "%s", message)
 
 
 @dataclass
@@ -20,20 +15,22 @@ class Upstream:
     client: httpx.AsyncClient
     api_url: str
     hub_api_url: str
-    token: str
+    token: str = field(repr=False)
 
     async def _get(self, base, path, what):
         url = base.rstrip("/") + path
         try:
             response = await self.client.get(url, headers={"Authorization": f"token {self.token}"})
         except httpx.HTTPError as e:
-            raise _bad_gateway(f"could not reach {what} at {url}: {e}") from e
+            raise web.HTTPError(502, f"could not reach {what} at {url}: {e}") from e
         if response.status_code >= 400:
-            raise _bad_gateway(f"{what} answered {response.status_code}: {_message(response)}")
+            raise web.HTTPError(
+                502, f"{what} answered {response.status_code}: {_message(response)}"
+            )
         try:
             return response.json()
         except ValueError as e:
-            raise _bad_gateway(f"{what} sent a response that is not JSON") from e
+            raise web.HTTPError(502, f"{what} sent a response that is not JSON") from e
 
     async def api_get(self, path):
         """GET a control-plane path such as `/projects`; upstream failures raise 502."""
@@ -52,10 +49,7 @@ class Upstream:
         return {
             name
             for name, listing in zip(projects, listings, strict=True)
-            if any(
-                s.get("full_name") == f"{user}/{name}" and not s.get("stopped")
-                for s in listing["sessions"]
-            )
+            if any(session["user"] == user for session in listing["sessions"])
         }
 
     async def _hub_servers(self):

@@ -25,9 +25,7 @@ def hash_password(password: str) -> str:
     """Return ``scrypt$<salt>$<hash>`` for a password."""
     salt = secrets.token_bytes(16)
     digest = hashlib.scrypt(password.encode(), salt=salt, dklen=32, **_SCRYPT)
-    return "scrypt${}${}".format(
-        base64.b64encode(salt).decode(), base64.b64encode(digest).decode()
-    )
+    return f"scrypt${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
 
 
 def check_password(password: str, stored: str) -> bool:
@@ -38,9 +36,7 @@ def check_password(password: str, stored: str) -> bool:
         return False
     if scheme != "scrypt":
         return False
-    candidate = hashlib.scrypt(
-        password.encode(), salt=base64.b64decode(salt), dklen=32, **_SCRYPT
-    )
+    candidate = hashlib.scrypt(password.encode(), salt=base64.b64decode(salt), dklen=32, **_SCRYPT)
     return hmac.compare_digest(candidate, base64.b64decode(digest))
 
 

@@ -96,7 +96,9 @@ def cmd_users_list(args) -> int:
 
 
 def _client(args) -> httpx.Client:
-    token = args.token or os.environ.get("WORKBENCH_TOKEN") or os.environ.get("JUPYTERHUB_API_TOKEN")
+    token = (
+        args.token or os.environ.get("WORKBENCH_TOKEN") or os.environ.get("JUPYTERHUB_API_TOKEN")
+    )
     if not token:
         raise CLIError("no API token: pass --token or set WORKBENCH_TOKEN")
     url = args.url or os.environ.get("WORKBENCH_API_URL") or DEFAULT_API_URL
@@ -209,7 +211,9 @@ def _local_options(p) -> None:
 
 
 def _api_options(p) -> None:
-    p.add_argument("--url", help=f"control plane API URL (default $WORKBENCH_API_URL or {DEFAULT_API_URL})")
+    p.add_argument(
+        "--url", help=f"control plane API URL (default $WORKBENCH_API_URL or {DEFAULT_API_URL})"
+    )
     p.add_argument("--token", help="API token (default $WORKBENCH_TOKEN)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -225,7 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--hub-port", type=int, help="internal hub port (default 8081)")
     up.add_argument("--service-port", type=int, help="internal control plane port (default 8082)")
     up.add_argument("--proxy-api-port", type=int, help="internal proxy API port (default 8001)")
-    up.add_argument("--config", help="extra configuration file (default data-dir/workbench_config.py)")
+    up.add_argument(
+        "--config", help="extra configuration file (default data-dir/workbench_config.py)"
+    )
     up.set_defaults(func=cmd_up)
 
     upgrade = sub.add_parser("upgrade-db", help="upgrade the control plane's database schema")

@@ -25,15 +25,18 @@ class HubClient:
     """
 
     def __init__(
-        self, api_url: str | None = None, token: str | None = None, cache_seconds: float = 30
+        self,
+        api_url: str | None = None,
+        token: str | None = None,
+        cache_seconds: float = 30,
+        stop_wait_seconds: float = 60,
     ) -> None:
         self.api_url = (api_url or os.environ.get("JUPYTERHUB_API_URL", "")).rstrip("/")
         token = token or os.environ.get("JUPYTERHUB_API_TOKEN", "")
         self.cache_seconds = cache_seconds
+        self.stop_wait_seconds = stop_wait_seconds
         self._groups: dict[str, tuple[float, frozenset[str] | None]] = {}
-        self._client = httpx.AsyncClient(
-            headers={"Authorization": f"token {token}"}, timeout=30
-        )
+        self._client = httpx.AsyncClient(headers={"Authorization": f"token {token}"}, timeout=30)
 
     async def _request(self, method: str, path: str, **kwargs) -> httpx.Response:
         response = await self._client.request(method, self.api_url + path, **kwargs)
@@ -104,15 +107,19 @@ class HubClient:
         if response.status_code == 202:
             await self._wait_removed(user, server)
 
-    async def _wait_removed(self, user: str, server: str, timeout: float = 30) -> None:
-        """Wait until the hub no longer lists `user/server` (the stop was pending)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            model = await self.get_user(user)
-            if model is None or server not in (model.get("servers") or {}):
-                return
-            await asyncio.sleep(0.2)
-        raise HubAPIError("DELETE", f"/users/{user}/servers/{server}", 504, "stop timed out")
+    async def _wait_removed(self, user: str, server: str) -> None:
+        """Wait until the hub no longer lists `user/server` (its stop was pending)."""
+        try:
+            async with asyncio.timeout(self.stop_wait_seconds):
+                while True:
+                    model = await self.get_user(user)
+                    if model is None or server not in (model.get("servers") or {}):
+                        return
+                    await asyncio.sleep(0.2)
+        except TimeoutError:
+            raise HubAPIError(
+                "DELETE", f"/users/{user}/servers/{server}", 504, "the server did not stop"
+            ) from None
 
     async def close(self) -> None:
         await self._client.aclose()

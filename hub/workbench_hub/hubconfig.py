@@ -14,15 +14,6 @@ CUSTOM_SCOPES = {
     },
 }
 
-#: What a session's own token may do: the hub's defaults, plus the control plane.
-SESSION_TOKEN_SCOPES = [
-    "users:activity!user",
-    "access:servers!server",
-    "read:servers!user",
-    f"access:services!service={SERVICE_NAME}",
-    "custom:workbench:use",
-]
-
 
 def configure_hub(c, settings: dict) -> None:
     """Fill a JupyterHub config object from ``workbench up``'s settings."""
@@ -56,10 +47,6 @@ def configure_hub(c, settings: dict) -> None:
     c.WorkbenchAuthenticator.users_file = f"{s['data_dir']}/users.json"
 
     c.JupyterHub.spawner_class = "workbench_spawner.local.WorkbenchLocalSpawner"
-    c.Spawner.server_token_scopes = SESSION_TOKEN_SCOPES
-    c.Spawner.default_url = "/lab"
-    c.Spawner.http_timeout = 60
-    c.Spawner.start_timeout = 120
     c.WorkbenchLocalSpawner.workbench_api_url = f"{service_url}{prefix}/api/v1"
     c.WorkbenchLocalSpawner.workbench_api_token = s["service_token"]
     c.WorkbenchLocalSpawner.public_api_url = f"{public_url}{prefix}/api/v1"
@@ -84,6 +71,8 @@ def configure_hub(c, settings: dict) -> None:
             "command": command,
             "api_token": s["service_token"],
             "oauth_no_confirm": True,
+            # what a browser's OAuth token for the control plane may carry
+            "oauth_client_allowed_scopes": list(CUSTOM_SCOPES),
             "cwd": s["data_dir"],
         }
     ]
@@ -110,6 +99,7 @@ def configure_hub(c, settings: dict) -> None:
                 "list:users",
                 "read:users",
                 "custom:workbench:admin",
+                f"access:services!service={SERVICE_NAME}",
             ],
             "services": [SERVICE_NAME],
         },

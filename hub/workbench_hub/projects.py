@@ -90,7 +90,7 @@ def _staging_path(root: Path, name: str) -> Path:
     return root / f".creating-{name}-{secrets.token_hex(4)}"
 
 
-async def _clone(url: str, target: Path, schemes: list[str], timeout: float) -> None:
+async def _clone(url: str, target: Path, schemes: list[str], time_limit: float) -> None:
     env = {
         **os.environ,
         "GIT_TERMINAL_PROMPT": "0",
@@ -111,16 +111,21 @@ async def _clone(url: str, target: Path, schemes: list[str], timeout: float) -> 
         env=env,
     )
     try:
-        _, stderr = await asyncio.wait_for(process.communicate(), timeout)
+        async with asyncio.timeout(time_limit):
+            _, stderr = await process.communicate()
     except TimeoutError:
         process.kill()
         await process.wait()
         raise ProjectFilesError(
-            f"git clone did not finish within {timeout:g}s", field="git_url"
+            f"git clone did not finish within {time_limit:g}s", field="git_url"
         ) from None
     if process.returncode != 0:
-        lines = [ln for ln in stderr.decode(errors="replace").splitlines() if ln.strip()]
-        detail = " ".join(lines[-3:]) or f"exit status {process.returncode}"
+        lines = [
+            line.strip()
+            for line in stderr.decode(errors="replace").splitlines()
+            if line.strip() and not line.startswith("Cloning into")
+        ]
+        detail = " ".join(lines)[-1000:] or f"exit status {process.returncode}"
         raise ProjectFilesError(
             f"git clone failed: {detail.replace(url, redact_url(url))}", field="git_url"
         )

@@ -53,8 +53,8 @@ class Identity:
 
     @property
     def is_admin(self) -> bool:
-        """Workbench admin: the admin scope, or a hub admin."""
-        return self.kind == "user" and (ADMIN_SCOPE in self.scopes or self.hub_admin)
+        """Workbench admin: a token with the admin scope, or a hub admin."""
+        return ADMIN_SCOPE in self.scopes or self.hub_admin
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ import psutil
 from traitlets import Int, List, Unicode, default
 from traitlets.config import LoggingConfigurable
 
-from .auth import UserStore
 from . import db
+from .auth import UserStore
 
 _PR_SET_CHILD_SUBREAPER = 36
 
@@ -65,9 +65,9 @@ class WorkbenchUp(LoggingConfigurable):
     service_port = Int(
         8082, help="Internal port of the control plane service (loopback only)."
     ).tag(config=True)
-    proxy_api_port = Int(
-        8001, help="Internal port of the proxy's REST API (loopback only)."
-    ).tag(config=True)
+    proxy_api_port = Int(8001, help="Internal port of the proxy's REST API (loopback only).").tag(
+        config=True
+    )
 
     db_url = Unicode(
         help="""SQLAlchemy URL of the control plane's database. Default: SQLite in data_dir.
@@ -79,7 +79,8 @@ class WorkbenchUp(LoggingConfigurable):
         return f"sqlite:///{Path(self.data_dir).resolve()}/workbench.sqlite"
 
     project_root = Unicode(
-        help="Directory under which every project has its own directory. Default: data_dir/projects.",
+        help="""Directory under which every project has its own directory.
+        Default: data_dir/projects.""",
     ).tag(config=True)
 
     @default("project_root")

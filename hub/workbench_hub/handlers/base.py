@@ -9,6 +9,7 @@ from sqlalchemy.exc import IntegrityError
 from tornado import web
 
 from workbench_hub import audit
+from workbench_hub.hubapi import HubAPIError
 from workbench_hub.orm import Collaborator, Project
 from workbench_hub.roles import Identity, Ownership, Role, effective_role
 
@@ -195,8 +196,14 @@ class APIHandler(HubOAuthenticated, web.RequestHandler):
         self.finish(json.dumps(data))
 
     def log_exception(self, typ, value, tb) -> None:
-        if isinstance(value, IntegrityError):
-            self.log.info("%s %s: conflict: %s", self.request.method, self.request.path, value.orig)
+        if isinstance(value, APIError) and value.status_code < 500:
+            self.service.log.debug(
+                "%s %s: %s", self.request.method, self.request.path, value.message
+            )
+        elif isinstance(value, IntegrityError):
+            self.service.log.info(
+                "%s %s: conflict: %s", self.request.method, self.request.path, value.orig
+            )
         else:
             super().log_exception(typ, value, tb)
 
@@ -208,6 +215,9 @@ class APIHandler(HubOAuthenticated, web.RequestHandler):
         elif isinstance(exc, IntegrityError):
             status_code, message = 409, "conflicts with an existing object"
             self.set_status(409)
+        elif isinstance(exc, HubAPIError):
+            status_code, message = 502, str(exc)
+            self.set_status(502)
         elif isinstance(exc, web.HTTPError):
             message = exc.log_message or exc.reason or HTTPStatus(status_code).phrase
             if exc.args[1:]:

@@ -27,9 +27,7 @@ class CollaboratorHandler(APIHandler):
         if body["role"] not in ROLE_NAMES:
             raise APIError(400, f"role must be one of {list(ROLE_NAMES)}", field="role")
         async with self.db.session() as session:
-            project, _ = await self.project_for(
-                session, name, Role.ADMIN, "managing collaborators"
-            )
+            project, _ = await self.project_for(session, name, Role.ADMIN, "managing collaborators")
             if await self.hub.get_user(user) is None:
                 raise APIError(404, f"no such user {user!r} in the hub", field="user")
             collaborator = await session.scalar(
@@ -46,7 +44,7 @@ class CollaboratorHandler(APIHandler):
                 audit.record(
                     session,
                     actor=self.identity.name,
-                    action="collaborator.add" if previous is None else "collaborator.change",
+                    action="collaborator.added" if previous is None else "collaborator.changed",
                     object_type="project",
                     object_id=name,
                     detail={"user": user, "role": body["role"], "previous_role": previous},
@@ -56,9 +54,7 @@ class CollaboratorHandler(APIHandler):
 
     async def delete(self, name, user):
         async with self.db.session() as session:
-            project, _ = await self.project_for(
-                session, name, Role.ADMIN, "managing collaborators"
-            )
+            project, _ = await self.project_for(session, name, Role.ADMIN, "managing collaborators")
             collaborator = await session.scalar(
                 select(Collaborator).where(
                     Collaborator.project_id == project.id, Collaborator.user_name == user
@@ -70,7 +66,7 @@ class CollaboratorHandler(APIHandler):
             audit.record(
                 session,
                 actor=self.identity.name,
-                action="collaborator.remove",
+                action="collaborator.removed",
                 object_type="project",
                 object_id=name,
                 detail={"user": user, "previous_role": collaborator.role},

@@ -53,7 +53,6 @@ class ProjectListHandler(APIHandler):
                 visible.append(self.project_json(project, role))
         self.write_json({"projects": visible})
 
-
     async def post(self):
         body = self.json_body(
             {
@@ -75,9 +74,8 @@ class ProjectListHandler(APIHandler):
         template, git_url = body.get("template", "empty"), body.get("git_url")
         if git_url is not None and "template" in body:
             raise APIError(400, "give either template or git_url, not both", field="git_url")
-        if git_url is None and template != "empty":
-            if template not in {t["name"] for t in list_templates()}:
-                raise APIError(400, f"no built-in template {template!r}", field="template")
+        if git_url is None and template not in {"empty"} | {t["name"] for t in list_templates()}:
+            raise APIError(400, f"no built-in template {template!r}", field="template")
         if git_url is not None:
             try:
                 check_git_url(git_url, self.service.git_url_schemes)
@@ -124,7 +122,7 @@ class ProjectListHandler(APIHandler):
                 audit.record(
                     session,
                     actor=self.identity.name,
-                    action="project.create",
+                    action="project.created",
                     object_type="project",
                     object_id=name,
                     detail={**source, "owner": f"{owner_kind}:{owner_name}"},
@@ -146,7 +144,7 @@ class ProjectListHandler(APIHandler):
             audit.record(
                 session,
                 actor=self.identity.name,
-                action="project.create",
+                action="project.created",
                 object_type="project",
                 object_id=name,
                 outcome="failure",
@@ -170,7 +168,7 @@ class ProjectListHandler(APIHandler):
             if name == self.identity.name:
                 return kind, name
             if not self.identity.is_admin:
-                await self.audit_denied("project.create", "project", project, {"owner": name})
+                await self.audit_denied("project.created", "project", project, {"owner": name})
                 raise APIError(403, "only admins may create projects for other users", "owner")
             if await self.hub.user_groups(name) is None:
                 raise APIError(400, f"no hub user {name!r}", field="owner")
@@ -178,7 +176,7 @@ class ProjectListHandler(APIHandler):
         if not await self.hub.group_exists(name):
             raise APIError(400, f"no hub group {name!r}", field="owner")
         if not self.identity.is_admin and name not in self.identity.groups:
-            await self.audit_denied("project.create", "project", project, {"owner": name})
+            await self.audit_denied("project.created", "project", project, {"owner": name})
             raise APIError(403, f"you are not a member of team {name!r}", field="owner")
         return kind, name
 
@@ -192,9 +190,7 @@ class ProjectHandler(APIHandler):
     async def patch(self, name):
         body = self.json_body({"description": str, "visibility": str})
         async with self.db.session() as session:
-            project, role = await self.project_for(
-                session, name, Role.ADMIN, "changing settings"
-            )
+            project, role = await self.project_for(session, name, Role.ADMIN, "changing settings")
             changes = {}
             if "visibility" in body:
                 changes["visibility"] = _visibility(body)
@@ -207,7 +203,7 @@ class ProjectHandler(APIHandler):
                 audit.record(
                     session,
                     actor=self.identity.name,
-                    action="project.update",
+                    action="project.updated",
                     object_type="project",
                     object_id=name,
                     detail={"changed": sorted(changes), **changes},
@@ -231,7 +227,7 @@ class ProjectHandler(APIHandler):
             audit.record(
                 session,
                 actor=self.identity.name,
-                action="project.delete",
+                action="project.deleted",
                 object_type="project",
                 object_id=name,
                 detail={"removed_sessions": stopped},
@@ -250,7 +246,8 @@ class ProjectHandler(APIHandler):
                     removed.append(f"{user['name']}/{name}")
         except HubAPIError as e:
             raise APIError(
-                502, f"could not stop the project's sessions; its files and settings are untouched: {e}"
+                502,
+                f"could not stop the project's sessions; its files and settings are untouched: {e}",
             ) from None
         return removed
 

@@ -17,6 +17,8 @@ from typing import Literal
 from traitlets import Float
 from traitlets.config import LoggingConfigurable
 
+from workbench_hub import names
+
 Kind = Literal["job-run", "model-replica", "app"]
 Phase = Literal["pending", "running", "succeeded", "failed", "stopped", "lost"]
 
@@ -28,7 +30,7 @@ LABEL_PREFIX = "workbench.jupyter.org/"
 KIND_LABEL = LABEL_PREFIX + "kind"
 PROJECT_LABEL = LABEL_PREFIX + "project"
 
-NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+NAME_RE = re.compile(names.NAME_PATTERN)
 _LABEL_NAME_RE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 _DNS_SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _ENV_NAME_RE = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
@@ -40,12 +42,10 @@ class WorkloadNotFound(LookupError):
 
 def validate_name(name: object, what: str = "name") -> str:
     """Return ``name`` if it is a DNS-1123 label (1-63 chars), else raise ValueError."""
-    if not isinstance(name, str) or len(name) > 63 or not NAME_RE.match(name):
-        raise ValueError(
-            f"{what} {name!r} is invalid: use 1-63 lowercase letters, digits and '-', "
-            "starting and ending with a letter or digit"
-        )
-    return name
+    try:
+        return names.validate_name(name)
+    except names.InvalidName as exc:
+        raise ValueError(f"{what} {name!r} is invalid: {exc}") from None
 
 
 def _check_label(key: object, value: object) -> None:
@@ -55,7 +55,7 @@ def _check_label(key: object, value: object) -> None:
     if prefix and (len(prefix) > 253 or not _DNS_SUBDOMAIN_RE.match(prefix)):
         raise ValueError(f"label key {key!r}: prefix must be a DNS subdomain")
     if len(name) > 63 or not _LABEL_NAME_RE.match(name):
-        raise ValueError(f"label key {key!r}: name must be 1-63 of [A-Za-z0-9-_.], alphanumeric ends")
+        raise ValueError(f"label key {key!r}: name must be 1-63 of [A-Za-z0-9-_.]")
     if value and (len(value) > 63 or not _LABEL_NAME_RE.match(value)):
         raise ValueError(f"label {key}={value!r}: value must be empty or 1-63 of [A-Za-z0-9-_.]")
 
@@ -76,7 +76,7 @@ class Resources:
         if self.cpu is not None and not (isinstance(self.cpu, int | float) and self.cpu > 0):
             raise ValueError(f"resources.cpu must be a positive number or None, not {self.cpu!r}")
         if self.memory is not None and not (isinstance(self.memory, int) and self.memory > 0):
-            raise ValueError(f"resources.memory must be positive bytes or None, not {self.memory!r}")
+            raise ValueError(f"resources.memory must be bytes > 0 or None, not {self.memory!r}")
         if not isinstance(self.gpu, int) or self.gpu < 0:
             raise ValueError(f"resources.gpu must be a non-negative integer, not {self.gpu!r}")
 
@@ -154,7 +154,9 @@ class WorkloadSpec:
         for key, value in self.labels.items():
             _check_label(key, value)
         for port_name, number in self.ports.items():
-            if not isinstance(port_name, str) or len(port_name) > 15 or not NAME_RE.match(port_name):
+            if not (
+                isinstance(port_name, str) and len(port_name) <= 15 and NAME_RE.match(port_name)
+            ):
                 raise ValueError(f"port name {port_name!r}: use 1-15 of [a-z0-9-]")
             if not isinstance(number, int) or not 0 < number < 65536:
                 raise ValueError(f"port {port_name}: {number!r} is not a port number")
@@ -255,16 +257,15 @@ class Runtime(LoggingConfigurable):
         """
         raise NotImplementedError
 
-    async def wait(self, name: str, timeout: float | None = None) -> WorkloadStatus:
+    async def wait(self, name: str) -> WorkloadStatus:
         """Wait until the workload has finished and return its final status.
 
-        Raises :class:`WorkloadNotFound`, or TimeoutError after ``timeout`` seconds.
+        Raises :class:`WorkloadNotFound`. Bound the wait with ``asyncio.timeout``.
         """
-        async with asyncio.timeout(timeout):
-            while True:
-                status = await self.status(name)
-                if status is None:
-                    raise WorkloadNotFound(name)
-                if status.phase in FINISHED_PHASES:
-                    return status
-                await asyncio.sleep(self.poll_interval)
+        while True:
+            status = await self.status(name)
+            if status is None:
+                raise WorkloadNotFound(name)
+            if status.phase in FINISHED_PHASES:
+                return status
+            await asyncio.sleep(self.poll_interval)

@@ -18,6 +18,7 @@ The environment is passed on stdin, never on the command line or on disk.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -42,8 +43,9 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat()
+def _write_exit(workdir: Path, code: int | None, message: str) -> None:
+    record = {"exit_code": code, "finished": datetime.now(UTC).isoformat(), "message": message}
+    _write_json(workdir / "exit.json", record)
 
 
 def _limit_child(parent: int, memory: int | None, cpus: list[int] | None) -> None:
@@ -61,10 +63,8 @@ def _kill_leftovers() -> None:
     """SIGKILL every remaining descendant and reap them all."""
     while pids := descendants(os.getpid()):
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         time.sleep(0.01)
         _reap()
     _reap()
@@ -102,10 +102,8 @@ def _supervise(config: dict) -> None:
         nonlocal stopping
         stopping = True
         if child is not None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(child.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, forward)
@@ -123,8 +121,7 @@ def _supervise(config: dict) -> None:
             )
     except (OSError, subprocess.SubprocessError) as exc:
         code = 126 if isinstance(exc, PermissionError) else 127
-        message = f"could not start the command: {exc}"
-        _write_json(workdir / "exit.json", {"exit_code": code, "finished": _now(), "message": message})
+        _write_exit(workdir, code, f"could not start the command: {exc}")
         return
     if stopping:
         forward(signal.SIGTERM, None)
@@ -135,7 +132,7 @@ def _supervise(config: dict) -> None:
     if code < 0:
         message = f"killed by signal {signal.Signals(-code).name}"
         code = 128 - code
-    _write_json(workdir / "exit.json", {"exit_code": code, "finished": _now(), "message": message})
+    _write_exit(workdir, code, message)
 
 
 def main() -> None:
@@ -147,13 +144,12 @@ def main() -> None:
             os.setsid()
             _supervise(config)
         except Exception as exc:
-            exit_record = {"exit_code": None, "finished": _now(), "message": f"supervisor failed: {exc}"}
-            _write_json(Path(config["dir"]) / "exit.json", exit_record)
+            _write_exit(Path(config["dir"]), None, f"supervisor failed: {exc}")
         finally:
             os._exit(0)
     stat = read_stat(pid)  # readable even if it already ended: only this process can reap it
     assert stat is not None
-    state = {"pid": pid, "starttime": stat.starttime, "started": _now()}
+    state = {"pid": pid, "starttime": stat.starttime, "started": datetime.now(UTC).isoformat()}
     _write_json(Path(config["dir"]) / "state.json", state)
 
 

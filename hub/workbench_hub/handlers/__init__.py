@@ -1,0 +1,28 @@
+"""REST handlers of the control plane; each module exports `handlers` (pattern, class) pairs."""
+
+from workbench_hub.handlers import (
+    audit,
+    collaborators,
+    openapi,
+    profiles,
+    projects,
+    sessions,
+    spawn_options,
+    templates,
+)
+
+API_MODULES = (
+    projects,
+    collaborators,
+    sessions,
+    templates,
+    profiles,
+    spawn_options,
+    audit,
+    openapi,
+)
+
+
+def api_handlers(prefix: str) -> list[tuple[str, type]]:
+    """Every API route, as tornado URL specs under `prefix` (ending in ``api/v1/``)."""
+    return [(prefix + pattern, cls) for module in API_MODULES for pattern, cls in module.handlers]

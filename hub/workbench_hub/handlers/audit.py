@@ -1,0 +1,74 @@
+"""The audit log: events posted by the spawner, and the admins' query."""
+
+from datetime import datetime
+
+from workbench_hub import audit
+from workbench_hub.handlers.base import APIError, APIHandler
+
+MAX_LIMIT = 1000
+
+
+def _time_argument(handler: APIHandler, name: str) -> datetime | None:
+    value = handler.get_query_argument(name, None)
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.tzinfo is None:
+        raise APIError(
+            400, f"{name} must be an ISO 8601 time with a UTC offset, got {value!r}", field=name
+        )
+    return parsed
+
+
+class AuditHandler(APIHandler):
+    service_allowed = True
+
+    async def get(self):
+        if not self.identity.is_admin:
+            raise APIError(403, "reading the audit log needs custom:workbench:admin")
+        filters = {
+            key: self.get_query_argument(key, None)
+            for key in ("actor", "action", "object_type", "object_id")
+        }
+        limit_text = self.get_query_argument("limit", "100")
+        if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_LIMIT:
+            raise APIError(400, f"limit must be an integer from 1 to {MAX_LIMIT}", field="limit")
+        async with self.db.session() as session:
+            events = await audit.query(
+                session,
+                **filters,
+                since=_time_argument(self, "since"),
+                until=_time_argument(self, "until"),
+                limit=int(limit_text),
+            )
+        self.write_json({"events": [audit.to_json(e) for e in events]})
+
+    async def post(self):
+        if not self.is_service:
+            raise APIError(403, "only the workbench service itself may record audit events")
+        body = self.json_body(
+            {
+                "actor": str,
+                "action": str,
+                "object_type": str,
+                "object_id": str,
+                "outcome": str,
+                "detail": dict,
+            },
+            required=("actor", "action", "object_type", "object_id", "outcome"),
+        )
+        if body["outcome"] not in audit.OUTCOMES:
+            raise APIError(400, f"outcome must be one of {list(audit.OUTCOMES)}", field="outcome")
+        for key in ("actor", "action", "object_type", "object_id"):
+            if not body[key]:
+                raise APIError(400, f"{key} must not be empty", field=key)
+        async with self.db.session() as session:
+            event = audit.record(session, **body)
+            await session.commit()
+        self.write_json(audit.to_json(event), status=201)
+
+
+handlers = [(r"audit", AuditHandler)]
