@@ -9,6 +9,7 @@ proxy; the server is then stopped. Run from the repository root:
 """
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -35,6 +36,7 @@ c.JupyterHub.authenticator_class = "dummy"
 c.JupyterHub.spawner_class = "simple"
 c.SimpleLocalProcessSpawner.home_dir_template = "{data}/homes/{{username}}"
 c.Spawner.default_url = "/lab"
+c.Spawner.args = {args!r}
 c.JupyterHub.db_url = "sqlite:///{data}/hub.sqlite"
 c.JupyterHub.cookie_secret_file = "{data}/cookie_secret"
 c.JupyterHub.services = [{{"name": "bench", "api_token": "{token}"}}]
@@ -100,6 +102,8 @@ def bench_plain_hub(count):
             proxy_api_port=free_port(),
             data=data,
             token=token,
+            # as the workbench spawner does when the hub runs as root
+            args=["--ServerApp.allow_root=True"] if os.geteuid() == 0 else [],
         )
     )
     log = open(data / "hub.log", "wb")  # noqa: SIM115

@@ -1,0 +1,143 @@
+"""End to end in headless Chromium: log in, spawn a project session, use the Workbench panel."""
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.harness import Workbench
+
+pytestmark = [pytest.mark.e2e, pytest.mark.browser]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+USER, PASSWORD = "dana", "dana-pass-123"
+#: Where the screenshot of the Workbench panel is saved (for a human to look at).
+SCREENSHOT = Path(
+    os.environ.get("WORKBENCH_SCREENSHOT")
+    or Path(tempfile.gettempdir()) / "workbench-browser-panel.png"
+)
+
+
+@pytest.fixture(scope="module")
+def running():
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.skip(f"no Chromium at {CHROMIUM}")
+    pytest.importorskip("playwright.async_api")
+    wb = Workbench().start()
+    yield wb
+    if wb.proc.poll() is None:
+        wb.stop()
+
+
+@pytest.fixture(scope="module")
+def dana(running):
+    """User dana with a password and two projects: alpha (from a template) and beta."""
+    wb = running
+    wb.add_login(USER, PASSWORD)
+    token = wb.user_token(USER)
+    for body in ({"name": "alpha", "template": "python-starter"}, {"name": "beta"}):
+        r = httpx.post(
+            f"{wb.api_url}/projects",
+            json=body,
+            headers={"Authorization": f"token {token}"},
+            timeout=120,
+        )
+        assert r.status_code == 201, r.text
+    return wb
+
+
+async def test_login_spawn_and_workbench_panel(dana):
+    from playwright.async_api import async_playwright, expect
+
+    wb = dana
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            context = await browser.new_context(viewport={"width": 1400, "height": 900})
+            context.set_default_timeout(30_000)
+            page = await context.new_page()
+
+            # Log in through the hub's login form.
+            await page.goto(f"{wb.url}/hub/login")
+            await page.fill("input[name=username]", USER)
+            await page.fill("input[name=password]", PASSWORD)
+            async with page.expect_navigation():
+                await page.click("[type=submit]")
+            assert "/hub/login" not in page.url, await page.content()
+
+            # The workbench spawn form offers the project and the profiles.
+            await page.goto(f"{wb.url}/hub/spawn/{USER}/alpha")
+            project = page.locator("select#workbench-project")
+            await expect(project).to_be_visible()
+            await expect(project).to_have_value("alpha")
+            profiles = page.locator("select#workbench-profile option")
+            assert await profiles.count() >= 1
+            async with page.expect_navigation():
+                await page.locator("form [type=submit]").first.click()
+
+            # JupyterLab loads at the project's session URL (the first start takes a while).
+            await page.wait_for_url(
+                re.compile(rf"/user/{USER}/alpha/lab"), timeout=90_000, wait_until="commit"
+            )
+            await expect(page.locator("#jp-main-dock-panel")).to_be_visible(timeout=60_000)
+
+            # The session's root is the project directory: the template's README.md is there.
+            readme = page.locator(".jp-DirListing-itemText", has_text=re.compile(r"^README\.md$"))
+            await expect(readme).to_be_visible(timeout=30_000)
+
+            # Open the Workbench side panel (unless it is already shown).
+            panel = page.locator("#workbench-panel")
+            if not await panel.is_visible():
+                await page.locator(
+                    ".jp-SideBar.jp-mod-left .lm-TabBar-tab[title='Workbench projects'],"
+                    " .jp-SideBar.jp-mod-left .lm-TabBar-tab:has-text('Workbench')"
+                ).first.click()
+            await expect(panel).to_be_visible()
+
+            items = panel.locator("li.jp-workbench-project")
+            await expect(items).to_have_count(2)
+            await expect(panel.locator(".jp-workbench-error")).to_be_hidden()
+            await expect(panel.locator(".jp-workbench-context")).to_have_text("Session: alpha")
+
+            alpha = panel.locator("li.jp-workbench-project[data-project=alpha]")
+            await expect(alpha).to_have_attribute("data-current", "true")
+            await expect(alpha).to_have_attribute("data-running", "true")
+            await expect(alpha).to_have_attribute("data-role", "admin")
+            await expect(alpha).to_have_class(re.compile(r"\bjp-mod-current\b"))
+            link = alpha.locator("a.jp-workbench-session-link")
+            await expect(link).to_have_text("Open")
+            href = await link.get_attribute("href")
+            assert href.rstrip("/").endswith(f"/user/{USER}/alpha/lab"), href
+
+            beta = panel.locator("li.jp-workbench-project[data-project=beta]")
+            await expect(beta).to_have_attribute("data-current", "false")
+            await expect(beta).to_have_attribute("data-running", "false")
+            await expect(beta).not_to_have_class(re.compile(r"\bjp-mod-current\b"))
+            link = beta.locator("a.jp-workbench-session-link")
+            await expect(link).to_have_text("Start")
+            href = await link.get_attribute("href")
+            assert href.rstrip("/").endswith(f"/hub/spawn/{USER}/beta"), href
+
+            # The links resolve against the page: both lead to this hub.
+            for anchor in await panel.locator("a.jp-workbench-session-link").all():
+                absolute = await anchor.evaluate("a => a.href")
+                assert absolute.startswith(wb.url + "/"), absolute
+
+            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+            await page.screenshot(path=str(SCREENSHOT))
+        finally:
+            await browser.close()
