@@ -21,12 +21,6 @@ def pg_database(postgres):
 
 
 @pytest.fixture(scope="session")
-def postgres_url(postgres):
-    """One fresh PostgreSQL database URL."""
-    return postgres.new_database()
-
-
-@pytest.fixture(scope="session")
 def workbench_factory():
     """Start real `workbench up` processes: `workbench_factory(db_url=None, extra_config="")`."""
     started = []
@@ -39,11 +33,3 @@ def workbench_factory():
     yield start
     for wb in started:
         wb.stop()
-
-
-@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
-def workbench(request, workbench_factory):
-    """A running workbench on SQLite, then on PostgreSQL."""
-    if request.param == "postgresql":
-        return workbench_factory(db_url=request.getfixturevalue("postgres_url"))
-    return workbench_factory()

@@ -100,6 +100,8 @@ def configure_hub(c, settings: dict) -> None:
                 "read:users",
                 "custom:workbench:admin",
                 f"access:services!service={SERVICE_NAME}",
+                # mint WORKBENCH_TOKEN for job runs (POST /users/{name}/tokens)
+                "tokens",
             ],
             "services": [SERVICE_NAME],
         },

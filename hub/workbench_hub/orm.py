@@ -4,6 +4,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
     ForeignKey,
     Integer,
@@ -86,3 +87,94 @@ class AuditEvent(Base):
     object_id: Mapped[str] = mapped_column(String(255), nullable=False)
     outcome: Mapped[str] = mapped_column(String(16), nullable=False)
     detail: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)
+
+
+class Job(Base):
+    """A runnable file of a project with its schedule, retries and notifications."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    name: Mapped[str] = mapped_column(String(63), nullable=False)
+    #: path of the .py or .ipynb file, relative to the project directory
+    target: Mapped[str] = mapped_column(String(1024), nullable=False)
+    arguments: Mapped[list] = mapped_column(JSON, nullable=False, default=list)
+    parameters: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)
+    env: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)
+    profile: Mapped[str] = mapped_column(String(63), nullable=False)
+    #: "manual" | "cron" | "dependent"
+    schedule: Mapped[str] = mapped_column(String(16), nullable=False, default="manual")
+    cron: Mapped[str | None] = mapped_column(String(255))
+    timezone: Mapped[str | None] = mapped_column(String(64))
+    parent_id: Mapped[int | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="RESTRICT"), index=True
+    )
+    active: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
+    timeout_seconds: Mapped[int | None] = mapped_column(Integer)
+    retry_max: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    retry_delay_seconds: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    #: end states that are retried, e.g. ["failed", "timed_out"]
+    retry_on: Mapped[list] = mapped_column(JSON, nullable=False, default=list)
+    #: "allow" | "forbid" | "replace"
+    concurrency: Mapped[str] = mapped_column(String(16), nullable=False, default="forbid")
+    #: {"recipients": [...], "on": ["failed", ...], "attach_notebook": bool, "attach_log": bool}
+    notify: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)
+    created_by: Mapped[str] = mapped_column(String(255), nullable=False)
+    created: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    updated: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    #: the next cron instant not yet handled (None unless schedule == "cron" and active)
+    next_tick: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    #: the number the next run of this job gets
+    next_run_number: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
+
+    project: Mapped[Project] = relationship()
+    parent: Mapped["Job | None"] = relationship(remote_side=[id])
+
+
+class JobRun(Base):
+    """One run of a job: queued → running → succeeded | failed | timed_out | stopped."""
+
+    __tablename__ = "job_runs"
+    __table_args__ = (
+        UniqueConstraint("job_id", "number"),
+        # a cron tick creates at most one run, even across control plane crashes
+        UniqueConstraint("job_id", "scheduled_for"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    project_id: Mapped[int] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    number: Mapped[int] = mapped_column(Integer, nullable=False)
+    state: Mapped[str] = mapped_column(String(16), nullable=False, default="queued", index=True)
+    #: "user" | "schedule" | "parent" | "retry" | "rerun"
+    trigger: Mapped[str] = mapped_column(String(16), nullable=False)
+    triggered_by: Mapped[str | None] = mapped_column(String(255))
+    parent_run_id: Mapped[int | None] = mapped_column(
+        ForeignKey("job_runs.id", ondelete="SET NULL")
+    )
+    scheduled_for: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    attempt: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
+    #: a retry or rerun does not start before this time
+    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    message: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    #: why a queued run waits (quota), shown to users
+    queue_reason: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    workload: Mapped[str | None] = mapped_column(String(63))
+    code_hash: Mapped[str | None] = mapped_column(String(80))
+    #: run this code snapshot instead of the live project files (reruns)
+    rerun_of_id: Mapped[int | None] = mapped_column(ForeignKey("job_runs.id", ondelete="SET NULL"))
+    output_dir: Mapped[str | None] = mapped_column(String(1024))
+    queued_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    job: Mapped[Job] = relationship()

@@ -1,7 +1,11 @@
 """End to end: the real `workbench up`, three users logged in through the hub, real sessions."""
 
+import os
 import re
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import httpx
 import psutil
@@ -96,6 +100,36 @@ def test_three_users_projects_and_sessions(running):
         )
         assert r.status_code == 200
         assert "README.md" in {item["name"] for item in r.json()["content"]}
+
+    # The session knows its project and the user's role: B (viewer) cannot write files.
+    for user, read_only in (("alice", False), ("bob", True)):
+        auth = {"Authorization": f"token {tokens[user]}"}
+        context = httpx.get(f"{wb.url}/user/{user}/churn/workbench/context", headers=auth)
+        assert context.status_code == 200, context.text
+        assert context.json()["project"] == "churn"
+        assert context.json()["read_only"] is read_only
+        put = httpx.put(
+            f"{wb.url}/user/{user}/churn/api/contents/notes.txt",
+            json={"type": "file", "format": "text", "content": f"by {user}"},
+            headers=auth,
+        )
+        assert put.status_code == (403 if read_only else 201), put.text
+    assert (Path(project["path"]) / "notes.txt").read_text() == "by alice"
+
+    # The SDK in a session's environment talks to the control plane as the session's user.
+    sdk = subprocess.run(
+        [sys.executable, "-c", "import workbench; print(workbench.current_project()['role'])"],
+        env={
+            **os.environ,
+            "WORKBENCH_API_URL": wb.api_url,
+            "WORKBENCH_PROJECT": "churn",
+            "WORKBENCH_TOKEN": tokens["bob"],
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert sdk.stdout.strip() == "viewer", sdk.stderr
 
     sessions = api("alice", "GET", "/projects/churn/sessions").json()["sessions"]
     assert {s["user"] for s in sessions} == {"alice", "bob"}

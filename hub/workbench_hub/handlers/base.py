@@ -1,6 +1,7 @@
 """The one base handler: authentication, JSON bodies, JSON errors and project access."""
 
 import json
+import os
 from http import HTTPStatus
 
 from jupyterhub.services.auth import HubOAuthenticated, UserNotAllowed
@@ -170,7 +171,8 @@ class APIHandler(HubOAuthenticated, web.RequestHandler):
             "created": project.created.isoformat(),
             "updated": project.updated.isoformat(),
             "role": role.label,
-            "path": str(self.service.project_path(project.name)),
+            # names in the database are validated labels: a plain join (no resolve per row)
+            "path": os.path.join(self.service.project_root, project.name),
         }
 
     # audit

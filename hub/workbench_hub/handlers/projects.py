@@ -31,19 +31,17 @@ def _visibility(body: dict) -> str:
 class ProjectListHandler(APIHandler):
     async def get(self):
         async with self.db.session() as session:
-            projects = (await session.scalars(select(Project).order_by(Project.name))).all()
-            collaborations = dict(
-                (
-                    await session.execute(
-                        select(Collaborator.project_id, Collaborator.role).where(
-                            Collaborator.user_name == self.identity.name
-                        )
-                    )
-                ).all()
+            rows = await session.execute(
+                select(Project, Collaborator.role)
+                .outerjoin(
+                    Collaborator,
+                    (Collaborator.project_id == Project.id)
+                    & (Collaborator.user_name == self.identity.name),
+                )
+                .order_by(Project.name)
             )
         visible = []
-        for project in projects:
-            role_name = collaborations.get(project.id)
+        for project, role_name in rows:
             role = effective_role(
                 self.identity,
                 await self.ownership(project),
