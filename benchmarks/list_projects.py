@@ -1,61 +1,59 @@
 """Control plane list-projects throughput and latency at 50 concurrent clients.
 
-Both the workbench's `GET /services/workbench/api/v1/projects` and, as the peer, JupyterHub's own
-`GET /hub/api/user` (the hub's cheapest authenticated REST call) are loaded through the same proxy,
-with the same user token, the same number of concurrent clients and requests; the control plane
-is also loaded directly on its own port, without the proxy. Run from the
-repository root:
+Load comes from `wrk` (Debian package `wrk`: a C load generator, so the client is not the
+bottleneck) with one user token. Measured: the workbench's
+`GET /services/workbench/api/v1/projects` through the hub's proxy and directly on the control
+plane's port, and, as the peer, JupyterHub's own `GET /hub/api/user` (the hub's cheapest
+authenticated REST call) through the same proxy. Run from the repository root:
 
-    python benchmarks/list_projects.py --clients 50 --requests 4000 --projects 20
+    apt-get install wrk
+    python benchmarks/list_projects.py --clients 50 --seconds 15 --projects 20 [--db-url …]
 """
 
 import argparse
-import asyncio
-import statistics
+import re
+import shutil
+import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.spawn import percentile
 from tests.harness import Workbench
 
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
-async def load(url: str, token: str, clients: int, requests: int) -> tuple[float, list[float]]:
-    latencies: list[float] = []
-    remaining = requests
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
 
-    async def client_loop(client: httpx.AsyncClient):
-        nonlocal remaining
-        while remaining > 0:
-            remaining -= 1
-            start = time.perf_counter()
-            r = await client.get(url)
-            latencies.append(time.perf_counter() - start)
-            assert r.status_code == 200, r.text
+def wrk(url: str, token: str, clients: int, seconds: int) -> dict:
+    """Run wrk; return requests/s and the p50/p99 latency in milliseconds."""
+    options = [f"-t{min(clients, 2)}", f"-c{clients}", f"-d{seconds}s", "--latency"]
+    out = subprocess.run(
+        ["wrk", *options, "-H", f"Authorization: token {token}", url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "Non-2xx" not in out, out
 
-    async with httpx.AsyncClient(
-        headers={"Authorization": f"token {token}"}, limits=limits, timeout=60
-    ) as client:
-        for _ in range(clients):  # warm up connections and caches
-            await client.get(url)
-        start = time.perf_counter()
-        await asyncio.gather(*(client_loop(client) for _ in range(clients)))
-        elapsed = time.perf_counter() - start
-    return len(latencies) / elapsed, latencies
+    def latency(pct: str) -> float:
+        value, unit = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)$", out, re.M).groups()
+        return float(value) * UNITS[unit]
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    return {"rps": rps, "p50": latency("50"), "p99": latency("99")}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=50)
-    parser.add_argument("--requests", type=int, default=4000)
+    parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--projects", type=int, default=20)
     parser.add_argument("--db-url", help="control plane database (default SQLite)")
     args = parser.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("this benchmark needs wrk: apt-get install wrk")
     wb = Workbench(db_url=args.db_url).start()
     try:
         token = wb.user_token("bench")
@@ -67,30 +65,27 @@ def main():
                 timeout=60,
             )
             assert r.status_code == 201, r.text
+        peer = "JupyterHub GET /hub/api/user (peer)"
         rows = {
             "workbench GET /api/v1/projects": f"{wb.api_url}/projects",
             "workbench, direct to the service": (
                 f"http://127.0.0.1:{wb.service_port}/services/workbench/api/v1/projects"
             ),
-            "JupyterHub GET /hub/api/user (peer)": f"{wb.url}/hub/api/user",
+            peer: f"{wb.url}/hub/api/user",
         }
-        results = {
-            name: asyncio.run(load(url, token, args.clients, args.requests))
-            for name, url in rows.items()
-        }
+        results = {name: wrk(url, token, args.clients, args.seconds) for name, url in rows.items()}
     finally:
         wb.stop()
-    peer_rps = results["JupyterHub GET /hub/api/user (peer)"][0]
     print(
-        f"\n{args.clients} concurrent clients, {args.requests} requests,"
-        f" {args.projects} projects visible, through the proxy\n"
+        f"\n{args.clients} concurrent clients for {args.seconds} s each,"
+        f" {args.projects} projects visible, database {'SQLite' if not args.db_url else 'given'}\n"
     )
     print(f"| {'endpoint':38} | req/s | p50 ms | p99 ms | req/s ratio vs peer |")
     print(f"|{'-' * 40}|-------|--------|--------|---------------------|")
-    for name, (rps, lat) in results.items():
+    for name, r in results.items():
         print(
-            f"| {name:38} | {rps:5.0f} | {statistics.median(lat) * 1000:6.1f} |"
-            f" {percentile(lat, 99) * 1000:6.1f} | {rps / peer_rps:.2f}                |"
+            f"| {name:38} | {r['rps']:5.0f} | {r['p50']:6.1f} | {r['p99']:6.1f} |"
+            f" {r['rps'] / results[peer]['rps']:.2f}                |"
         )
     print("\ntarget: workbench p99 <= 50 ms")
 

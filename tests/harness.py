@@ -156,6 +156,19 @@ class Workbench:
             argv.append("--admin")
         subprocess.run(argv, input=password + "\n", text=True, check=True, capture_output=True)
 
+    def cli(self, token: str, *argv: str, input: str | None = None) -> subprocess.CompletedProcess:
+        """Run the real `workbench` CLI against this workbench as the token's owner."""
+        argv = (*argv, "--url", self.api_url, "--token", token)
+        result = subprocess.run(
+            [sys.executable, "-m", "workbench_hub.cli", *argv],
+            capture_output=True,
+            text=True,
+            input=input,
+            timeout=180,
+        )
+        assert "Traceback" not in result.stderr, result.stderr
+        return result
+
     def user_token(self, name: str, groups=()) -> str:
         """Create a hub user (and groups), and return a new API token of theirs."""
         r = self.hub("POST", f"/users/{name}")

@@ -4,6 +4,10 @@
     workbench.current_project()        # the session's project
     workbench.projects.list()          # every project you can see
     workbench.projects.get("churn")
+    job = workbench.jobs.create("nightly", "train.py", cron="0 2 * * *", timezone="Europe/Paris")
+    run = job.run().wait()             # poll until the run ends
+    print(run.state, run.exit_code, run.message)
+    print(run.logs())
 
 Module-level names use a Client built from the session environment on first use; build a
 `workbench.Client(api_url=..., token=...)` to talk to a workbench from elsewhere.
@@ -21,6 +25,7 @@ __all__ = [
     "WorkbenchError",
     "current_project",
     "default_client",
+    "jobs",
     "projects",
 ]
 
@@ -58,3 +63,4 @@ class _DefaultResource:
 
 
 projects = _DefaultResource("projects")
+jobs = _DefaultResource("jobs")

@@ -5,15 +5,15 @@ import os
 import httpx
 
 from .errors import NotInSessionError, WorkbenchError
-from .resources import Projects
+from .resources import Jobs, Projects
 
 
 class Client:
     """A synchronous client for the workbench REST API (`/services/workbench/api/v1`).
 
     Arguments default to the session environment: `WORKBENCH_API_URL`, `WORKBENCH_TOKEN`
-    and `WORKBENCH_PROJECT`. Resources hang off the client (`client.projects`); later
-    resources (jobs, models, metrics) are added the same way.
+    and `WORKBENCH_PROJECT`. Resources hang off the client (`client.projects`, `client.jobs`);
+    later resources (models, metrics) are added the same way.
     """
 
     def __init__(self, api_url=None, token=None, project=None, timeout=30.0):
@@ -26,6 +26,7 @@ class Client:
             timeout=timeout,
         )
         self.projects = Projects(self)
+        self.jobs = Jobs(self)
 
     def __repr__(self):
         return f"<workbench.Client {self.api_url} project={self.project!r}>"
@@ -44,6 +45,16 @@ class Client:
 
         Raises WorkbenchError with the server's message on a 4xx/5xx answer.
         """
+        response = self._send(method, path, **kwargs)
+        if response.status_code == 204 or not response.content:
+            return None
+        return response.json()
+
+    def request_bytes(self, method, path, **kwargs):
+        """Like `request`, for answers that are not JSON (logs, files): the body as bytes."""
+        return self._send(method, path, **kwargs).content
+
+    def _send(self, method, path, **kwargs):
         try:
             response = self._http.request(method, path.lstrip("/"), **kwargs)
         except httpx.HTTPError as e:
@@ -51,9 +62,7 @@ class Client:
             raise WorkbenchError(None, message) from e
         if response.status_code >= 400:
             raise WorkbenchError(response.status_code, _error_message(response))
-        if response.status_code == 204 or not response.content:
-            return None
-        return response.json()
+        return response
 
     def current_project(self):
         """The project this session or job runs in."""

@@ -32,9 +32,12 @@ from workbench_hub.db import Database, SchemaError
 from workbench_hub.handlers import api_handlers
 from workbench_hub.handlers.base import NotFoundHandler
 from workbench_hub.handlers.openapi import openapi_document
+from workbench_hub.handlers.pages import HomeHandler
 from workbench_hub.hubapi import HubClient
+from workbench_hub.jobs.engine import JobEngine
 from workbench_hub.profiles import InvalidProfile, parse_profiles
 from workbench_hub.projects import project_path
+from workbench_hub.runtime.local import LocalProcessRuntime
 
 
 def _service_url() -> str:
@@ -196,6 +199,7 @@ class WorkbenchService(Application):
     db = Instance(Database, allow_none=True)
     hub = Instance(HubClient, allow_none=True)
     runtime = Any(None)
+    engine = Any(None, help="the JobEngine (workbench_hub.jobs.engine), created at start")
 
     @default("log_level")
     def _log_level_default(self):
@@ -214,10 +218,12 @@ class WorkbenchService(Application):
     def make_app(self) -> web.Application:
         prefix = url_path_join(self.service_prefix, "/")
         api_prefix = url_path_join(prefix, "api/v1/")
-        hub_auth = HubOAuth(parent=self, cache_max_age=60)
+        # the singleton: HubOAuthCallbackHandler finds its OAuth states there
+        hub_auth = HubOAuth.instance(parent=self, cache_max_age=60)
         routes = [
             *api_handlers(api_prefix),
             (url_path_join(prefix, "oauth_callback"), HubOAuthCallbackHandler),
+            (prefix, HomeHandler),
             (api_prefix + ".*", NotFoundHandler),
         ]
         return web.Application(
@@ -226,6 +232,7 @@ class WorkbenchService(Application):
             db=self.db,
             hub=self.hub,
             runtime=self.runtime,
+            jobs=self.engine,
             hub_auth=hub_auth,
             # stable across restarts, so browsers keep their OAuth cookie
             cookie_secret=hmac.digest(hub_auth.api_token.encode(), b"cookie-secret", "sha256"),
@@ -248,12 +255,25 @@ class WorkbenchService(Application):
         )
 
     def _make_runtime(self):
-        try:
-            runtime_class = self.runtime_class
-        except (ImportError, TraitError) as e:
-            self.log.warning("No runtime available (%s): jobs and models are disabled", e)
-            return None
-        return runtime_class(parent=self)
+        """The configured runtime; a local runtime keeps its state under data_dir/runtime.
+
+        No fallback: a runtime that cannot be loaded stops the service at start.
+        """
+        runtime_class = self.runtime_class
+        kwargs = {}
+        if issubclass(runtime_class, LocalProcessRuntime) and not self._configured(
+            runtime_class, "state_dir"
+        ):
+            kwargs["state_dir"] = str(Path(self.data_dir).resolve() / "runtime")
+        return runtime_class(parent=self, **kwargs)
+
+    def _configured(self, cls: type, trait: str) -> bool:
+        """Whether the configuration sets `trait` of `cls` or one of its base classes."""
+        return any(
+            trait in self.config.get(klass.__name__, {})
+            for klass in cls.mro()
+            if isinstance(klass, type)
+        )
 
     async def start_async(self) -> None:
         self.db = Database(self.db_url)
@@ -269,6 +289,14 @@ class WorkbenchService(Application):
         openapi_document()
         self.hub = HubClient(cache_seconds=self.hub_cache_seconds)
         self.runtime = self._make_runtime()
+        self.engine = JobEngine(
+            parent=self,
+            db=self.db,
+            runtime=self.runtime,
+            hub=self.hub,
+            project_root=self.project_root,
+        )
+        await self.engine.start()
         server = HTTPServer(self.make_app(), xheaders=True)
         server.listen(self.port, self.ip)
         self.log.info(
@@ -280,6 +308,7 @@ class WorkbenchService(Application):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         server.stop()
+        await self.engine.stop()
         await self.hub.close()
         await self.db.dispose()
 

@@ -2,10 +2,12 @@
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -116,12 +118,16 @@ def _call(args, method: str, path: str, **kwargs):
     except httpx.HTTPError as e:
         raise CLIError(f"cannot reach the workbench: {e}") from None
     if response.status_code >= 400:
-        try:
-            message = response.json().get("message", response.text)
-        except ValueError:
-            message = response.text or response.reason_phrase
-        raise CLIError(f"{response.status_code}: {message}")
+        _raise_for(response)
     return response.json() if response.content else None
+
+
+def _raise_for(response: httpx.Response):
+    try:
+        message = response.json().get("message", response.text)
+    except ValueError:
+        message = response.text or response.reason_phrase
+    raise CLIError(f"{response.status_code}: {message}")
 
 
 def _print(args, rows, columns) -> None:
@@ -199,6 +205,223 @@ def cmd_collaborators_add(args) -> int:
 def cmd_collaborators_remove(args) -> int:
     _call(args, "DELETE", f"projects/{args.project}/collaborators/{args.user}")
     print(f"{args.user} removed from {args.project}")
+    return 0
+
+
+# ---------------------------------------------------------------- jobs
+
+JOB_COLUMNS = ["name", "target", "schedule", "active", "last_run", "next_run"]
+JOB_DETAIL = [
+    "name",
+    "project",
+    "target",
+    "arguments",
+    "parameters",
+    "env",
+    "profile",
+    "schedule",
+    "active",
+    "timeout_seconds",
+    "retries",
+    "concurrency",
+    "notify",
+    "created_by",
+    "created",
+    "last_run",
+    "next_run",
+]
+RUN_COLUMNS = [
+    "number",
+    "state",
+    "trigger",
+    "by",
+    "exit_code",
+    "queued_at",
+    "finished_at",
+    "message",
+]
+FINAL_RUN_STATES = ("succeeded", "failed", "timed_out", "stopped")
+
+
+def _job_path(args, *rest) -> str:
+    return "/".join(["projects", args.project, "jobs", args.job, *map(str, rest)])
+
+
+def _key_values(pairs, option: str, parse_json: bool = False) -> dict:
+    """``k=v`` options as a dict; with `parse_json`, values that are JSON become JSON."""
+    result = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CLIError(f"{option} needs KEY=VALUE, got {pair!r}")
+        if parse_json:
+            with contextlib.suppress(ValueError):
+                value = json.loads(value)
+        result[key] = value
+    return result
+
+
+def _states(value: str | None) -> list[str] | None:
+    return None if value is None else [s.strip() for s in value.split(",") if s.strip()]
+
+
+def _schedule_text(job: dict) -> str:
+    if job.get("schedule") == "cron":
+        return f"cron {job.get('cron')} {job.get('timezone')}"
+    if job.get("schedule") == "dependent":
+        return f"after {job.get('parent')}"
+    return "manual"
+
+
+def _run_text(run: dict | None) -> str:
+    if not run:
+        return ""
+    return f"#{run['number']} {run['state']}"
+
+
+def _job_row(job: dict) -> dict:
+    retries = f"{job.get('retry_max')} (delay {job.get('retry_delay_seconds')} s,"
+    retries += f" on {', '.join(job.get('retry_on') or []) or 'nothing'})"
+    return {
+        **job,
+        "schedule": _schedule_text(job),
+        "active": "yes" if job.get("active") else "paused",
+        "last_run": _run_text(job.get("last_run")),
+        "next_run": job.get("next_run") or "",
+        "retries": retries,
+        "arguments": " ".join(job.get("arguments") or []),
+        "parameters": json.dumps(job.get("parameters") or {}),
+        "env": ", ".join(sorted(job.get("env") or {})),
+        "notify": json.dumps(job.get("notify") or {}),
+    }
+
+
+def _run_row(run: dict) -> dict:
+    return {**run, "by": run.get("triggered_by") or ""}
+
+
+def _print_job(args, job: dict) -> None:
+    _print(args, job if args.json else _job_row(job), JOB_DETAIL)
+
+
+def _print_run(args, run: dict) -> None:
+    _print(args, run if args.json else _run_row(run), RUN_COLUMNS)
+
+
+def cmd_jobs_create(args) -> int:
+    body = {"name": args.job, "target": args.file}
+    if args.arg:
+        body["arguments"] = args.arg
+    if args.param:
+        body["parameters"] = _key_values(args.param, "--param", parse_json=True)
+    if args.env:
+        body["env"] = _key_values(args.env, "--env")
+    optional = {
+        "profile": args.profile,
+        "cron": args.cron,
+        "timezone": args.timezone,
+        "parent": args.parent,
+        "timeout_seconds": args.timeout,
+        "retry_max": args.retries,
+        "retry_delay_seconds": args.retry_delay,
+        "retry_on": _states(args.retry_on),
+        "concurrency": args.concurrency,
+    }
+    body.update({k: v for k, v in optional.items() if v is not None})
+    if args.paused:
+        body["active"] = False
+    if args.notify or args.notify_on:
+        notify = {"recipients": args.notify or []}
+        if args.notify_on:
+            notify["on"] = _states(args.notify_on)
+        if args.attach_notebook:
+            notify["attach_notebook"] = True
+        if args.attach_log:
+            notify["attach_log"] = True
+        body["notify"] = notify
+    _print_job(args, _call(args, "POST", f"projects/{args.project}/jobs", json=body))
+    return 0
+
+
+def cmd_jobs_list(args) -> int:
+    jobs = _call(args, "GET", f"projects/{args.project}/jobs")["jobs"]
+    _print(args, jobs if args.json else [_job_row(j) for j in jobs], JOB_COLUMNS)
+    return 0
+
+
+def cmd_jobs_show(args) -> int:
+    _print_job(args, _call(args, "GET", _job_path(args)))
+    return 0
+
+
+def cmd_jobs_pause(args) -> int:
+    _print_job(args, _call(args, "POST", _job_path(args, "pause")))
+    return 0
+
+
+def cmd_jobs_resume(args) -> int:
+    _print_job(args, _call(args, "POST", _job_path(args, "resume")))
+    return 0
+
+
+def cmd_jobs_delete(args) -> int:
+    if not args.yes:
+        raise CLIError("deleting a job removes its runs and their outputs: pass --yes")
+    _call(args, "DELETE", _job_path(args))
+    print(f"job {args.job} of project {args.project} deleted")
+    return 0
+
+
+def cmd_jobs_run(args) -> int:
+    run = _call(args, "POST", _job_path(args, "runs"))
+    if args.wait:
+        run = _wait_for_run(args, run["number"])
+    _print_run(args, run)
+    return 0 if not args.wait or run["state"] == "succeeded" else 2
+
+
+def _wait_for_run(args, number: int) -> dict:
+    while True:
+        run = _call(args, "GET", _job_path(args, "runs", number))
+        if run["state"] in FINAL_RUN_STATES:
+            return run
+        time.sleep(1)
+
+
+def cmd_jobs_runs(args) -> int:
+    runs = _call(args, "GET", _job_path(args, "runs"))["runs"]
+    _print(args, runs if args.json else [_run_row(r) for r in runs], RUN_COLUMNS)
+    return 0
+
+
+def cmd_jobs_stop(args) -> int:
+    _print_run(args, _call(args, "POST", _job_path(args, "runs", args.run, "stop")))
+    return 0
+
+
+def cmd_jobs_logs(args) -> int:
+    number = args.run
+    if number is None:
+        runs = _call(args, "GET", _job_path(args, "runs"))["runs"]
+        if not runs:
+            raise CLIError(f"job {args.job} has no runs yet")
+        number = runs[0]["number"]
+    params = {"follow": "true"} if args.follow else {}
+    try:
+        with (
+            _client(args) as client,
+            client.stream(
+                "GET", _job_path(args, "runs", number, "logs"), params=params, timeout=None
+            ) as response,
+        ):
+            if response.status_code >= 400:
+                response.read()
+                _raise_for(response)
+            for text in response.iter_text():
+                sys.stdout.write(text)
+                sys.stdout.flush()
+    except httpx.HTTPError as e:
+        raise CLIError(f"cannot reach the workbench: {e}") from None
     return 0
 
 
@@ -299,7 +522,69 @@ def build_parser() -> argparse.ArgumentParser:
     cremove.add_argument("user")
     _api_options(cremove)
     cremove.set_defaults(func=cmd_collaborators_remove)
+    _jobs_parser(sub)
     return parser
+
+
+def _jobs_parser(sub) -> None:
+    jobs = sub.add_parser("jobs", help="manage a project's jobs and their runs").add_subparsers(
+        dest="jobs_command", required=True
+    )
+
+    def command(name, func, help, run=False, job=True):
+        p = jobs.add_parser(name, help=help)
+        p.add_argument("project")
+        if job:
+            p.add_argument("job")
+        if run:
+            p.add_argument("run", type=int, help="run number")
+        _api_options(p)
+        p.set_defaults(func=func)
+        return p
+
+    create = command("create", cmd_jobs_create, "create a job")
+    create.add_argument(
+        "--file", required=True, help="the .py or .ipynb file, relative to the project"
+    )
+    create.add_argument("--arg", action="append", help="a script argument (repeatable)")
+    create.add_argument(
+        "--param",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a notebook parameter (repeatable); VALUE is parsed as JSON when it is JSON",
+    )
+    create.add_argument(
+        "--env", action="append", metavar="KEY=VALUE", help="an environment variable (repeatable)"
+    )
+    create.add_argument("--profile", help="resource profile (default: the first open to you)")
+    create.add_argument("--cron", help="run on this 5-field cron schedule, e.g. '0 6 * * 1-5'")
+    create.add_argument("--timezone", help="IANA time zone of --cron (default UTC)")
+    create.add_argument("--parent", help="run after each success of this job of the project")
+    create.add_argument("--timeout", type=int, help="kill a run after this many seconds")
+    create.add_argument("--retries", type=int, help="retry a failed run this many times")
+    create.add_argument("--retry-delay", type=int, help="seconds to wait before a retry")
+    create.add_argument("--retry-on", help="end states to retry, comma-separated")
+    create.add_argument("--concurrency", choices=("allow", "forbid", "replace"))
+    create.add_argument("--notify", action="append", metavar="EMAIL", help="email recipient")
+    create.add_argument("--notify-on", help="end states that send email, comma-separated")
+    create.add_argument("--attach-notebook", action="store_true", help="attach the notebook")
+    create.add_argument("--attach-log", action="store_true", help="attach the log tail")
+    create.add_argument("--paused", action="store_true", help="create the job paused")
+    command("list", cmd_jobs_list, "list a project's jobs", job=False)
+    command("show", cmd_jobs_show, "show one job")
+    command("pause", cmd_jobs_pause, "stop scheduling a job")
+    command("resume", cmd_jobs_resume, "schedule a job again")
+    command("delete", cmd_jobs_delete, "delete a job, its runs and outputs").add_argument(
+        "--yes", action="store_true", help="confirm"
+    )
+    command("run", cmd_jobs_run, "run a job now").add_argument(
+        "--wait", action="store_true", help="wait for the run to end; exit 2 unless it succeeded"
+    )
+    command("runs", cmd_jobs_runs, "list a job's runs, newest first")
+    command("stop", cmd_jobs_stop, "stop a run", run=True)
+    logs = command("logs", cmd_jobs_logs, "print a run's output (default: the newest run)")
+    logs.add_argument("run", type=int, nargs="?", help="run number (default: the newest)")
+    logs.add_argument("--follow", "-f", action="store_true", help="stream until the run ends")
 
 
 def main(argv=None) -> int:

@@ -121,5 +121,27 @@ class HubClient:
                 "DELETE", f"/users/{user}/servers/{server}", 504, "the server did not stop"
             ) from None
 
+    async def create_token(
+        self, user: str, *, expires_in: int, scopes: list[str], note: str = ""
+    ) -> dict:
+        """A new API token of `user` (needs the `tokens` scope): ``{"id", "token", …}``.
+
+        The token is a secret: do not log or store it.
+        """
+        response = await self._request(
+            "POST",
+            f"/users/{quote(user, safe='')}/tokens",
+            json={"expires_in": expires_in, "scopes": scopes, "note": note},
+        )
+        if response.status_code == 404:
+            raise HubAPIError("POST", f"/users/{user}/tokens", 404, "no such user")
+        return response.json()
+
+    async def revoke_token(self, user: str, token_id: str) -> None:
+        """Delete token `token_id` of `user`; an unknown one is not an error."""
+        await self._request(
+            "DELETE", f"/users/{quote(user, safe='')}/tokens/{quote(token_id, safe='')}"
+        )
+
     async def close(self) -> None:
         await self._client.aclose()

@@ -3,6 +3,7 @@
 import sys
 
 SERVICE_NAME = "workbench"
+PROXY_STREAM_TIMEOUT_MS = 6 * 3600 * 1000
 
 CUSTOM_SCOPES = {
     "custom:workbench:use": {
@@ -34,11 +35,13 @@ def configure_hub(c, settings: dict) -> None:
     c.JupyterHub.redirect_to_server = False
 
     c.JupyterHub.proxy_class = "configurable-http-proxy"
-    # The Python port of configurable-http-proxy: no Node.js needed.
+    # The Python port of configurable-http-proxy (no Node.js needed), streaming responses.
     c.ConfigurableHTTPProxy.command = [
         sys.executable,
-        "-c",
-        "from configurable_http_proxy.cli import main; main()",
+        "-m",
+        "workbench_hub.proxy",
+        # a followed log may stream for hours; connecting still times out after 20 s
+        f"--proxy-timeout={PROXY_STREAM_TIMEOUT_MS}",
     ]
     c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{s['proxy_api_port']}"
     c.ConfigurableHTTPProxy.should_start = True

@@ -75,6 +75,15 @@ def test_three_users_projects_and_sessions(running):
     r = api("alice", "PUT", "/projects/churn/collaborators/bob", json={"role": "viewer"})
     assert r.status_code == 200, r.text
 
+    # In a browser, the service's home page (the hub's Services menu) lists what each user may use.
+    for user, sees in (("alice", True), ("bob", True), ("carol", False)):
+        page = browsers[user].get("/services/workbench/")
+        assert page.status_code == 200, (page.url, page.text[:500])
+        assert page.headers["content-type"].startswith("text/html")
+        assert ('data-project="churn"' in page.text) is sees, page.text[:300]
+        if sees:
+            assert f"/hub/spawn/{user}/churn" in page.text
+
     # A and B start sessions in it (named server = project) and reach them through the proxy.
     for user in ("alice", "bob"):
         r = httpx.post(

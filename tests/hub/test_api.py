@@ -24,9 +24,16 @@ def events(admin: Api, **filters) -> list[dict]:
 # ---------------------------------------------------------------- authentication
 
 
+#: route parameters whose pattern "sample" does not match
+SAMPLES = {"number": "1", "path": "output.log"}
+
+
 def _routes() -> list[str]:
     """Every API route of the tornado app, with sample values for its parameters."""
-    return [re.sub(r"\(\?P<(\w+)>[^)]*\)", "sample", pattern) for pattern, _ in api_handlers("/")]
+    return [
+        re.sub(r"\(\?P<(\w+)>[^)]*\)", lambda m: SAMPLES.get(m.group(1), "sample"), pattern)
+        for pattern, _ in api_handlers("/")
+    ]
 
 
 def test_every_route_needs_authentication(wb):

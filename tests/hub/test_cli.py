@@ -19,24 +19,7 @@ def cli(running):
     token = running.user_token("cli-user")
 
     def run(*argv, input=None, token=token):
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "workbench_hub.cli",
-                *argv,
-                "--url",
-                running.api_url,
-                "--token",
-                token,
-            ],
-            capture_output=True,
-            text=True,
-            input=input,
-            timeout=120,
-        )
-        assert "Traceback" not in result.stderr, result.stderr
-        return result
+        return running.cli(token, *argv, input=input)
 
     running.user_token("cli-friend")
     return run

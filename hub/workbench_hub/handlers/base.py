@@ -59,6 +59,10 @@ class APIHandler(HubOAuthenticated, web.RequestHandler):
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.set_header("Cache-Control", "no-store")
 
+    def compute_etag(self) -> None:
+        """No ETags: answers are never cached (no-store), so hashing each body is waste."""
+        return None
+
     async def prepare(self) -> None:
         model = await self.hub_auth.get_user(self, sync=False)
         if not model:
@@ -142,6 +146,31 @@ class APIHandler(HubOAuthenticated, web.RequestHandler):
                 f"your role on project {name!r} is {role.label}; {action} needs {need.label}",
             )
         return project, role
+
+    async def visible_projects(self) -> list[dict]:
+        """Every project the caller has a role on, as JSON, by name."""
+        async with self.db.session() as session:
+            # plain rows, not ORM objects: this is the hottest read of the API
+            rows = await session.execute(
+                select(*Project.__table__.columns, Collaborator.role)
+                .outerjoin(
+                    Collaborator,
+                    (Collaborator.project_id == Project.id)
+                    & (Collaborator.user_name == self.identity.name),
+                )
+                .order_by(Project.name)
+            )
+        visible = []
+        for project in rows:
+            role_name = project.role
+            role = effective_role(
+                self.identity,
+                await self.ownership(project),
+                Role.parse(role_name) if role_name else None,
+            )
+            if role is not None:
+                visible.append(self.project_json(project, role))
+        return visible
 
     async def role_on(self, session, project: Project) -> Role | None:
         collaborator = await session.scalar(

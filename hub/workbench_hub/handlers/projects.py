@@ -1,12 +1,12 @@
 """Projects: list, create (empty, template or git clone), read, update and delete."""
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from workbench_hub import audit
 from workbench_hub.handlers.base import APIError, APIHandler
 from workbench_hub.hubapi import HubAPIError
 from workbench_hub.names import InvalidName, validate_name
-from workbench_hub.orm import Collaborator, Project, utcnow
+from workbench_hub.orm import Job, Project, utcnow
 from workbench_hub.projects import (
     ProjectFilesError,
     check_git_url,
@@ -15,7 +15,7 @@ from workbench_hub.projects import (
     redact_url,
     remove_project_dir,
 )
-from workbench_hub.roles import VISIBILITIES, Role, effective_role
+from workbench_hub.roles import VISIBILITIES, Role
 
 #: Names being created right now in this process: a second create of one of them is a 409.
 _CREATING: set[str] = set()
@@ -30,26 +30,7 @@ def _visibility(body: dict) -> str:
 
 class ProjectListHandler(APIHandler):
     async def get(self):
-        async with self.db.session() as session:
-            rows = await session.execute(
-                select(Project, Collaborator.role)
-                .outerjoin(
-                    Collaborator,
-                    (Collaborator.project_id == Project.id)
-                    & (Collaborator.user_name == self.identity.name),
-                )
-                .order_by(Project.name)
-            )
-        visible = []
-        for project, role_name in rows:
-            role = effective_role(
-                self.identity,
-                await self.ownership(project),
-                Role.parse(role_name) if role_name else None,
-            )
-            if role is not None:
-                visible.append(self.project_json(project, role))
-        self.write_json({"projects": visible})
+        self.write_json({"projects": await self.visible_projects()})
 
     async def post(self):
         body = self.json_body(
@@ -221,6 +202,11 @@ class ProjectHandler(APIHandler):
         async with self.db.session() as session:
             project = await session.get(Project, project.id)
             if project is not None:
+                # jobs.parent_id is ON DELETE RESTRICT, which SQLite checks row by row during
+                # the cascade: unlink pipelines before the project's jobs go with it
+                await session.execute(
+                    update(Job).where(Job.project_id == project.id).values(parent_id=None)
+                )
                 await session.delete(project)
             audit.record(
                 session,

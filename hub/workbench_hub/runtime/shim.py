@@ -30,7 +30,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from workbench_hub.runtime.procfs import descendants, read_stat
+from workbench_hub.runtime.procfs import descendants, read_stat, reap_children
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
@@ -66,18 +66,8 @@ def _kill_leftovers() -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         time.sleep(0.01)
-        _reap()
-    _reap()
-
-
-def _reap() -> None:
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
+        reap_children()
+    reap_children()
 
 
 def _wait(child_pid: int) -> int:

@@ -1,0 +1,67 @@
+"""The service's home page: what a browser sees from the hub's Services menu."""
+
+from jupyterhub.services.auth import HubOAuthenticated
+from tornado.escape import url_escape
+from tornado.template import Template
+
+from workbench_hub.handlers.base import APIHandler
+
+HOME = Template(
+    """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Jupyter Workbench</title>
+<style>
+body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 60rem; color: #222; }
+table { border-collapse: collapse; width: 100%; } td, th { padding: .4rem .6rem; text-align: left; }
+tr + tr { border-top: 1px solid #ddd; } code { background: #f3f3f3; padding: 0 .2rem; }
+</style></head>
+<body>
+<h1>Jupyter Workbench</h1>
+<p>Signed in as <b>{{ user }}</b> · <a href="{{ hub }}home">Hub home</a> ·
+<a href="{{ hub }}token">API tokens</a></p>
+<h2>Your projects</h2>
+{% if projects %}
+<table id="projects">
+<tr><th>Project</th><th>Role</th><th>Visibility</th><th>Description</th><th>Session</th></tr>
+{% for p in projects %}
+<tr data-project="{{ p['name'] }}"><td>{{ p["name"] }}</td><td>{{ p["role"] }}</td>
+<td>{{ p["visibility"] }}</td><td>{{ p["description"] }}</td>
+<td><a href="{{ hub }}spawn/{{ url_escape(user) }}/{{ p['name'] }}">start or open</a></td></tr>
+{% end %}
+</table>
+{% else %}
+<p>You have no projects yet.</p>
+{% end %}
+<p>Create one with <code>workbench projects create NAME --token TOKEN</code>, or
+<code>POST {{ api }}projects</code>; the API is described at
+<a href="{{ api }}openapi.json">openapi.json</a>.</p>
+</body></html>
+""",
+    autoescape="xhtml_escape",
+)
+
+
+class HomeHandler(APIHandler):
+    """Lists the caller's projects with links to their sessions; logs browsers in first."""
+
+    get_login_url = HubOAuthenticated.get_login_url
+
+    async def prepare(self) -> None:
+        if not await self.hub_auth.get_user(self, sync=False):
+            self.redirect(self.get_login_url())
+            return
+        await super().prepare()
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "text/html; charset=UTF-8")
+        self.set_header("Cache-Control", "no-store")
+
+    async def get(self):
+        hub = self.hub_auth.hub_prefix
+        page = HOME.generate(
+            user=self.identity.name,
+            projects=await self.visible_projects(),
+            hub=hub,
+            api=self.request.path.rstrip("/") + "/api/v1/",
+            url_escape=url_escape,
+        )
+        self.finish(page)

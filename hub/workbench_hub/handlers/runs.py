@@ -1,0 +1,262 @@
+"""Runs of a job: trigger, list, read, stop, rerun, logs and output files (docs/jobs.md)."""
+
+import asyncio
+import contextlib
+import mimetypes
+import os
+from pathlib import Path
+
+from sqlalchemy import select
+from tornado.iostream import StreamClosedError
+
+from workbench_hub import audit
+from workbench_hub.handlers.base import APIError
+from workbench_hub.handlers.jobs import FINAL_STATES, JobsAPIHandler, jobs_dir
+from workbench_hub.jobs.engine import RunConflict
+from workbench_hub.jobs.validation import MAX_INT
+from workbench_hub.orm import Job, JobRun, Project
+from workbench_hub.roles import Role
+
+_CHUNK = 64 * 1024
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no", "")
+
+
+class RunsAPIHandler(JobsAPIHandler):
+    async def run_for(
+        self, session, project: str, job: str, number: str, need: Role, action: str
+    ) -> tuple[Project, Job, JobRun]:
+        """Project, job and run `number`: 404 when any is hidden or missing, 403 if too low."""
+        found_project, found_job, _ = await self.job_for(session, project, job, need, action)
+        run = None
+        if int(number) <= MAX_INT:
+            run = await session.scalar(
+                select(JobRun).where(JobRun.job_id == found_job.id, JobRun.number == int(number))
+            )
+        if run is None:
+            raise APIError(404, f"job {job!r} of project {project!r} has no run {number}")
+        return found_project, found_job, run
+
+    async def write_run(self, run_id: int, status: int = 200) -> None:
+        """Answer with run `run_id` as stored now."""
+        async with self.db.session() as session:
+            run = await session.get(JobRun, run_id)
+            project = await session.get(Project, run.project_id)
+            [result] = await self.runs_json(session, project, [run])
+        if status == 201:
+            self.set_header("Location", self._run_url(result["number"]))
+        self.write_json(result, status=status)
+
+    def _run_url(self, number: int) -> str:
+        path = self.request.path.rstrip("/")
+        if not path.endswith("/runs"):
+            path = path.rsplit("/runs/", 1)[0] + "/runs"
+        return f"{path}/{number}"
+
+    def output_dir(self, project: Project, job: Job, run: JobRun) -> Path:
+        if run.output_dir:
+            return Path(run.output_dir)
+        return (
+            jobs_dir(self.service.project_path(project.name), job.name) / "runs" / str(run.number)
+        )
+
+    def audit_run(self, session, action: str, project: str, job: str, number: int, detail=None):
+        audit.record(
+            session,
+            actor=self.identity.name,
+            action=action,
+            object_type="job_run",
+            object_id=f"{project}/{job}/{number}",
+            detail=detail,
+        )
+
+
+class RunListHandler(RunsAPIHandler):
+    async def get(self, name, job):
+        async with self.db.session() as session:
+            project, found, _ = await self.job_for(session, name, job, Role.VIEWER, "viewing")
+            runs = (
+                await session.scalars(
+                    select(JobRun).where(JobRun.job_id == found.id).order_by(JobRun.number.desc())
+                )
+            ).all()
+            result = await self.runs_json(session, project, runs)
+        self.write_json({"runs": result})
+
+    async def post(self, name, job):
+        self.json_body({})
+        async with self.db.session() as session:
+            _, found, _ = await self.job_for(session, name, job, Role.OPERATOR, "running jobs")
+        engine = self.engine
+        try:
+            run = await engine.trigger(found.id, trigger="user", user=self.identity.name)
+        except RunConflict as e:
+            raise APIError(409, e.message) from None
+        async with self.db.session() as session:
+            self.audit_run(session, "run.triggered", name, job, run.number)
+            await session.commit()
+        await self.write_run(run.id, status=201)
+
+
+class RunHandler(RunsAPIHandler):
+    async def get(self, name, job, number):
+        async with self.db.session() as session:
+            project, _, run = await self.run_for(session, name, job, number, Role.VIEWER, "viewing")
+            [result] = await self.runs_json(session, project, [run])
+        self.write_json(result)
+
+
+class RunStopHandler(RunsAPIHandler):
+    async def post(self, name, job, number):
+        self.json_body({})
+        async with self.db.session() as session:
+            _, _, run = await self.run_for(
+                session, name, job, number, Role.OPERATOR, "stopping runs"
+            )
+        if run.state in FINAL_STATES:
+            raise APIError(409, f"run {run.number} of job {job!r} already ended: {run.state}")
+        engine = self.engine
+        try:
+            stopped = await engine.stop_run(run.id, self.identity.name)
+        except RunConflict as e:
+            raise APIError(409, e.message) from None
+        async with self.db.session() as session:
+            self.audit_run(session, "run.stopped", name, job, run.number, {"state": stopped.state})
+            await session.commit()
+        await self.write_run(run.id)
+
+
+class RunRerunHandler(RunsAPIHandler):
+    async def post(self, name, job, number):
+        self.json_body({})
+        async with self.db.session() as session:
+            _, _, run = await self.run_for(
+                session, name, job, number, Role.OPERATOR, "rerunning runs"
+            )
+        engine = self.engine
+        try:
+            new = await engine.rerun(run.id, self.identity.name)
+        except RunConflict as e:
+            raise APIError(409, e.message) from None
+        async with self.db.session() as session:
+            self.audit_run(session, "run.rerun", name, job, new.number, {"rerun_of": run.number})
+            await session.commit()
+        await self.write_run(new.id, status=201)
+
+
+class RunLogsHandler(RunsAPIHandler):
+    """The run's output as text/plain; with ``?follow=true`` streamed until the run ends."""
+
+    _streaming: asyncio.Task | None = None
+    _closed = False
+
+    async def get(self, name, job, number):
+        follow = self.get_query_argument("follow", "false").lower()
+        if follow not in _TRUE + _FALSE:
+            raise APIError(400, "follow must be true or false", field="follow")
+        async with self.db.session() as session:
+            _, _, run = await self.run_for(session, name, job, number, Role.VIEWER, "viewing")
+        engine = self.engine
+        self.set_header("Content-Type", "text/plain; charset=UTF-8")
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("X-Accel-Buffering", "no")
+        self._streaming = asyncio.ensure_future(self._stream(engine, run, follow in _TRUE))
+        try:
+            await self._streaming
+        except (asyncio.CancelledError, StreamClosedError):
+            if self._closed:
+                return
+            raise
+        self.finish()
+
+    async def _stream(self, engine, run: JobRun, follow: bool) -> None:
+        async with contextlib.aclosing(engine.logs(run, follow)) as chunks:
+            async for line in chunks:
+                self.write(line + "\n")
+                await self.flush()
+
+    def on_connection_close(self) -> None:
+        self._closed = True
+        if self._streaming is not None:
+            self._streaming.cancel()
+
+
+class RunOutputListHandler(RunsAPIHandler):
+    async def get(self, name, job, number):
+        async with self.db.session() as session:
+            project, found, run = await self.run_for(
+                session, name, job, number, Role.VIEWER, "viewing"
+            )
+        files = await self.run_blocking(_list_files, self.output_dir(project, found, run))
+        self.write_json({"files": files})
+
+
+class RunOutputHandler(RunsAPIHandler):
+    async def get(self, name, job, number, path):
+        async with self.db.session() as session:
+            project, found, run = await self.run_for(
+                session, name, job, number, Role.VIEWER, "viewing"
+            )
+        file = await self.run_blocking(_confined_file, self.output_dir(project, found, run), path)
+        if file is None:
+            raise APIError(404, f"run {run.number} of job {job!r} has no output file {path!r}")
+        content_type = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
+        if content_type.startswith("text/"):
+            content_type += "; charset=UTF-8"
+        self.set_header("Content-Type", content_type)
+        self.set_header("X-Content-Type-Options", "nosniff")
+        # run outputs are user content: never let them script the hub's origin
+        self.set_header("Content-Security-Policy", "sandbox")
+        self.set_header("Content-Disposition", f'inline; filename="{_quote(file.name)}"')
+        handle = await self.run_blocking(file.open, "rb")
+        try:
+            while chunk := await self.run_blocking(handle.read, _CHUNK):
+                self.write(chunk)
+                await self.flush()
+        finally:
+            await self.run_blocking(handle.close)
+        self.finish()
+
+
+def _quote(name: str) -> str:
+    return "".join(c if c.isprintable() and c not in '"\\' else "_" for c in name)
+
+
+def _list_files(directory: Path) -> list[dict]:
+    """Regular files under `directory` (not following links out of it), by path."""
+    base = directory.resolve()
+    if not base.is_dir():
+        return []
+    files = []
+    for root, dirs, names in os.walk(base):
+        dirs.sort()
+        for file_name in names:
+            path = Path(root) / file_name
+            resolved = path.resolve()
+            if resolved.is_relative_to(base) and resolved.is_file():
+                files.append(
+                    {"path": path.relative_to(base).as_posix(), "size": resolved.stat().st_size}
+                )
+    return sorted(files, key=lambda f: f["path"])
+
+
+def _confined_file(directory: Path, relative: str) -> Path | None:
+    """`relative` under `directory` if it is a regular file that resolves inside it."""
+    if "\x00" in relative or relative.startswith("/"):
+        return None
+    base = directory.resolve()
+    path = (base / relative).resolve()
+    if not path.is_relative_to(base) or not path.is_file():
+        return None
+    return path
+
+
+RUN = r"projects/(?P<name>[^/]+)/jobs/(?P<job>[^/]+)/runs/(?P<number>[0-9]+)"
+handlers = [
+    (r"projects/(?P<name>[^/]+)/jobs/(?P<job>[^/]+)/runs", RunListHandler),
+    (RUN, RunHandler),
+    (RUN + "/stop", RunStopHandler),
+    (RUN + "/rerun", RunRerunHandler),
+    (RUN + "/logs", RunLogsHandler),
+    (RUN + "/outputs", RunOutputListHandler),
+    (RUN + "/outputs/(?P<path>.+)", RunOutputHandler),
+]
