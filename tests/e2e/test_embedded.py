@@ -140,6 +140,22 @@ def test_three_users_projects_and_sessions(running):
     )
     assert sdk.stdout.strip() == "viewer", sdk.stderr
 
+    # A runs a second session at the same time, in another project.
+    assert api("alice", "POST", "/projects", json={"name": "fraud"}).status_code == 201
+    r = httpx.post(
+        f"{wb.url}/hub/api/users/alice/servers/fraud",
+        headers={"Authorization": f"token {tokens['alice']}"},
+        timeout=120,
+    )
+    assert r.status_code in (201, 202), r.text
+    wait_server_ready(wb, "alice", "fraud")
+    for project_name in ("churn", "fraud"):
+        context = httpx.get(
+            f"{wb.url}/user/alice/{project_name}/workbench/context",
+            headers={"Authorization": f"token {tokens['alice']}"},
+        )
+        assert context.json()["project"] == project_name
+
     sessions = api("alice", "GET", "/projects/churn/sessions").json()["sessions"]
     assert {s["user"] for s in sessions} == {"alice", "bob"}
 
