@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.harness import Workbench
 
-UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
 
 
 def wrk(url: str, token: str, clients: int, seconds: int) -> dict:
@@ -38,7 +38,9 @@ def wrk(url: str, token: str, clients: int, seconds: int) -> dict:
     assert "Non-2xx" not in out, out
 
     def latency(pct: str) -> float:
-        value, unit = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)$", out, re.M).groups()
+        found = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s|m)\s*$", out, re.M)
+        assert found, out
+        value, unit = found.groups()
         return float(value) * UNITS[unit]
 
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))

@@ -5,32 +5,16 @@ use from ``spawn-options`` and pick one by name.
 """
 
 import math
-import re
 from dataclasses import dataclass
 
+from workbench_hub.profiles import InvalidProfile, parse_memory
+
 _UNITS = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
-_MEMORY = re.compile(r"(\d+(?:\.\d+)?)\s*(?:([KMGT])(?:i?B|i)?|B)?", re.IGNORECASE)
 
+#: A profile that cannot be read or used; the message says what to fix.
+ProfileError = InvalidProfile
 
-class ProfileError(ValueError):
-    """A profile that cannot be read or used; the message says what to fix."""
-
-
-def parse_memory(value: int | str) -> int:
-    """Bytes from an int or a size such as ``"512M"``, ``"2G"``, ``"1.5Gi"`` or ``"2GB"``.
-
-    Units are 1024-based, as in JupyterHub's ``mem_limit`` and Kubernetes' ``Gi``.
-    """
-    if isinstance(value, int) and not isinstance(value, bool):
-        number = value
-    elif isinstance(value, str) and (match := _MEMORY.fullmatch(value.strip())):
-        unit = match.group(2)
-        number = int(float(match.group(1)) * (_UNITS[unit.upper()] if unit else 1))
-    else:
-        raise ProfileError(f"memory must be bytes or a size like '512M' or '2G', got {value!r}")
-    if number <= 0:
-        raise ProfileError(f"memory must be positive, got {value!r}")
-    return number
+__all__ = ["Profile", "ProfileError", "format_memory", "parse_memory", "select_profile"]
 
 
 def format_memory(number: int) -> str:
