@@ -362,9 +362,9 @@ def test_roles(project, user, admin):
 
     denied = [e for e in events(admin, actor="otto") if e["outcome"] == "denied"]
     assert len(denied) >= 5
-    [triggered] = events(admin, object_id=f"{name}/{job}/1", action="run.triggered")
-    assert triggered["actor"] == "otto"
-    [stop_event] = events(admin, object_id=f"{name}/{job}/1", action="run.stopped")
+    [triggered] = events(admin, object_id=f"{name}/{job}/1", action="job.run.queue")
+    assert (triggered["actor"], triggered["detail"]["trigger"]) == ("otto", "user")
+    [stop_event] = events(admin, object_id=f"{name}/{job}/1", action="job.run.stopped")
     assert stop_event["actor"] == "otto"
 
 
@@ -417,8 +417,9 @@ def test_script_run_logs_and_outputs(wb, project, user, admin):
     rerun = alice("POST", jobs_url(name, job, "runs", 1, "rerun"), 201)
     assert (rerun["number"], rerun["trigger"], rerun["triggered_by"]) == (3, "rerun", "alice")
     assert wait_run(alice, name, job, 3)["code_hash"] == done["code_hash"]
-    actions = {e["action"] for e in events(admin, object_type="job_run", actor="alice")}
-    assert {"run.triggered", "run.rerun"} <= actions
+    queued = events(admin, object_type="job_run", actor="alice", action="job.run.queue")
+    assert {e["detail"]["trigger"] for e in queued} == {"user", "rerun"}
+    assert [e["detail"].get("rerun_of") for e in queued if e["detail"]["trigger"] == "rerun"] == [1]
 
 
 def test_follow_streams_while_the_run_goes(wb, project, user):

@@ -9,7 +9,6 @@ from pathlib import Path
 from sqlalchemy import select
 from tornado.iostream import StreamClosedError
 
-from workbench_hub import audit
 from workbench_hub.handlers.base import APIError
 from workbench_hub.handlers.jobs import FINAL_STATES, JobsAPIHandler, jobs_dir
 from workbench_hub.jobs.engine import RunConflict
@@ -59,16 +58,6 @@ class RunsAPIHandler(JobsAPIHandler):
             jobs_dir(self.service.project_path(project.name), job.name) / "runs" / str(run.number)
         )
 
-    def audit_run(self, session, action: str, project: str, job: str, number: int, detail=None):
-        audit.record(
-            session,
-            actor=self.identity.name,
-            action=action,
-            object_type="job_run",
-            object_id=f"{project}/{job}/{number}",
-            detail=detail,
-        )
-
 
 class RunListHandler(RunsAPIHandler):
     async def get(self, name, job):
@@ -91,9 +80,6 @@ class RunListHandler(RunsAPIHandler):
             run = await engine.trigger(found.id, trigger="user", user=self.identity.name)
         except RunConflict as e:
             raise APIError(409, e.message) from None
-        async with self.db.session() as session:
-            self.audit_run(session, "run.triggered", name, job, run.number)
-            await session.commit()
         await self.write_run(run.id, status=201)
 
 
@@ -116,12 +102,9 @@ class RunStopHandler(RunsAPIHandler):
             raise APIError(409, f"run {run.number} of job {job!r} already ended: {run.state}")
         engine = self.engine
         try:
-            stopped = await engine.stop_run(run.id, self.identity.name)
+            await engine.stop_run(run.id, self.identity.name)
         except RunConflict as e:
             raise APIError(409, e.message) from None
-        async with self.db.session() as session:
-            self.audit_run(session, "run.stopped", name, job, run.number, {"state": stopped.state})
-            await session.commit()
         await self.write_run(run.id)
 
 
@@ -137,9 +120,6 @@ class RunRerunHandler(RunsAPIHandler):
             new = await engine.rerun(run.id, self.identity.name)
         except RunConflict as e:
             raise APIError(409, e.message) from None
-        async with self.db.session() as session:
-            self.audit_run(session, "run.rerun", name, job, new.number, {"rerun_of": run.number})
-            await session.commit()
         await self.write_run(new.id, status=201)
 
 
