@@ -10,10 +10,9 @@ wake-ups count) with a real database and the local process runtime:
 * parent-end-to-child-start: M pipelines A→B; A prints ``time.time()`` as its last statement,
   B as its first; latency = B's time minus A's.
 
-Peer: Airflow is not installed here and cannot be run offline, so there is no side-by-side
-run; its documented scheduler behaviour puts several seconds between dependent tasks (the
-scheduler loop, ``scheduler_heartbeat_sec`` 5 s by default, and executor queueing). The table
-compares with the issue's target of 1 s p50 instead. Run from the repository root:
+Peer: Apache Airflow, measured the same way by ``benchmarks/airflow_peer.py`` (it runs a real
+Airflow in its own virtualenv; ``--engine`` there runs this benchmark beside it). This table
+compares with the issue's target of 1 s p50. Run from the repository root:
 
     python benchmarks/jobs.py --runs 50 --pipelines 20 [--db-url postgresql://...]
 """
@@ -159,10 +158,7 @@ async def main(args) -> None:
         print(
             f"| {name:<58} | {p50:6.3f} | {p95:6.3f} | {max(values):6.3f} | {p50 / TARGET:11.2f}x |"
         )
-    print(
-        "\nPeer: Airflow (not runnable here) documents several seconds between dependent tasks"
-        " (scheduler heartbeat 5 s by default)."
-    )
+    print("\nPeer: Apache Airflow, side by side: python benchmarks/airflow_peer.py --engine")
 
 
 if __name__ == "__main__":
