@@ -35,6 +35,7 @@ from workbench_hub.handlers.openapi import openapi_document
 from workbench_hub.handlers.pages import HomeHandler
 from workbench_hub.hubapi import HubClient
 from workbench_hub.jobs.engine import JobEngine
+from workbench_hub.listing import ProjectListingCache
 from workbench_hub.profiles import InvalidProfile, parse_profiles
 from workbench_hub.projects import project_path
 from workbench_hub.runtime.local import LocalProcessRuntime
@@ -234,6 +235,7 @@ class WorkbenchService(Application):
             runtime=self.runtime,
             jobs=self.engine,
             hub_auth=hub_auth,
+            listing_cache=ProjectListingCache(ttl=self.hub_cache_seconds),
             # stable across restarts, so browsers keep their OAuth cookie
             cookie_secret=hmac.digest(hub_auth.api_token.encode(), b"cookie-secret", "sha256"),
             default_handler_class=NotFoundHandler,
@@ -242,9 +244,14 @@ class WorkbenchService(Application):
 
     def _log_request(self, handler: web.RequestHandler) -> None:
         status = handler.get_status()
-        level = self.log.info if status < 400 else self.log.warning
         if status >= 500:
             level = self.log.error
+        elif status >= 400:
+            level = self.log.warning
+        elif handler.request.method in ("GET", "HEAD"):
+            level = self.log.debug  # successful reads: a log line each would cost more than them
+        else:
+            level = self.log.info
         # the path only: query strings may carry ?token=
         level(
             "%d %s %s %.1fms",

@@ -147,8 +147,21 @@ class APIHandler(HubOAuthenticated, web.RequestHandler):
             )
         return project, role
 
-    async def visible_projects(self) -> list[dict]:
-        """Every project the caller has a role on, as JSON, by name."""
+    async def project_listing(self) -> tuple[list[dict], str]:
+        """The projects the caller has a role on, as JSON objects and as the list's body."""
+        cache = self.settings["listing_cache"]
+        listing = cache.get(self.identity)
+        if listing is None:
+            projects = await self._visible_projects()
+            listing = projects, json.dumps({"projects": projects})
+            cache.put(self.identity, *listing)
+        return listing
+
+    def projects_changed(self) -> None:
+        """Call after committing a change to projects or collaborators."""
+        self.settings["listing_cache"].clear()
+
+    async def _visible_projects(self) -> list[dict]:
         async with self.db.session() as session:
             # plain rows, not ORM objects: this is the hottest read of the API
             rows = await session.execute(

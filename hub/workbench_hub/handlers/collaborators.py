@@ -50,6 +50,7 @@ class CollaboratorHandler(APIHandler):
                     detail={"user": user, "role": body["role"], "previous_role": previous},
                 )
             await session.commit()
+        self.projects_changed()
         self.write_json({"user": user, "role": body["role"]})
 
     async def delete(self, name, user):
@@ -72,6 +73,7 @@ class CollaboratorHandler(APIHandler):
                 detail={"user": user, "previous_role": collaborator.role},
             )
             await session.commit()
+        self.projects_changed()
         self.set_status(204)
         self.finish()
 

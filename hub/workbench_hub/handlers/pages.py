@@ -59,7 +59,7 @@ class HomeHandler(APIHandler):
         hub = self.hub_auth.hub_prefix
         page = HOME.generate(
             user=self.identity.name,
-            projects=await self.visible_projects(),
+            projects=(await self.project_listing())[0],
             hub=hub,
             api=self.request.path.rstrip("/") + "/api/v1/",
             url_escape=url_escape,

@@ -30,7 +30,8 @@ def _visibility(body: dict) -> str:
 
 class ProjectListHandler(APIHandler):
     async def get(self):
-        self.write_json({"projects": await self.visible_projects()})
+        _, body = await self.project_listing()
+        self.finish(body)
 
     async def post(self):
         body = self.json_body(
@@ -107,6 +108,7 @@ class ProjectListHandler(APIHandler):
                     detail={**source, "owner": f"{owner_kind}:{owner_name}"},
                 )
                 await session.commit()
+            self.projects_changed()
         except BaseException:
             await remove_project_dir(self.service.project_root, name)
             raise
@@ -188,6 +190,7 @@ class ProjectHandler(APIHandler):
                     detail={"changed": sorted(changes), **changes},
                 )
             await session.commit()
+        self.projects_changed()
         self.write_json(self.project_json(project, role))
 
     async def delete(self, name):
@@ -217,6 +220,7 @@ class ProjectHandler(APIHandler):
                 detail={"removed_sessions": stopped},
             )
             await session.commit()
+        self.projects_changed()
         self.set_status(204)
         self.finish()
 
