@@ -213,6 +213,12 @@ def test_team_projects(wb, user):
 # ---------------------------------------------------------------- roles and collaborators
 
 
+def listed(client, name: str) -> str | None:
+    """The caller's role on project `name` as the project list shows it (None: not listed)."""
+    roles = {p["name"]: p["role"] for p in client("GET", "/projects", 200)["projects"]}
+    return roles.get(name)
+
+
 def test_roles_visibility_and_collaborators(wb, user, admin):
     alice, bob, mallory = (
         user("alice", groups=["eng"]),
@@ -232,8 +238,10 @@ def test_roles_visibility_and_collaborators(wb, user, admin):
     assert name not in [p["name"] for p in bob("GET", "/projects", 200)["projects"]]
 
     # team visibility: a shared group makes a viewer
+    assert listed(mallory, name) is None
     alice("PATCH", f"/projects/{name}", 200, json={"visibility": "team"})
     assert mallory("GET", f"/projects/{name}", 200)["role"] == "viewer"
+    assert listed(mallory, name) == "viewer"
     bob.error("GET", f"/projects/{name}", 404)
 
     # collaborators
@@ -256,6 +264,7 @@ def test_roles_visibility_and_collaborators(wb, user, admin):
         "role": "viewer",
     }
     assert bob("GET", f"/projects/{name}", 200)["role"] == "viewer"
+    assert listed(bob, name) == "viewer", "the (cached) list follows a new collaborator at once"
     assert bob("GET", f"/projects/{name}/collaborators", 200) == {
         "collaborators": [{"user": "bob", "role": "viewer"}]
     }
@@ -268,10 +277,12 @@ def test_roles_visibility_and_collaborators(wb, user, admin):
     assert len(denied) == 3
 
     alice("PUT", f"/projects/{name}/collaborators/bob", 200, json={"role": "admin"})
+    assert listed(bob, name) == "admin"
     bob("PATCH", f"/projects/{name}", 200, json={"description": "co-admin"})
     alice("DELETE", f"/projects/{name}/collaborators/bob", 204)
     alice.error("DELETE", f"/projects/{name}/collaborators/bob", 404, field="user")
     bob.error("GET", f"/projects/{name}", 404)
+    assert listed(bob, name) is None
     actions = [
         e["action"] for e in events(admin, object_id=name, actor="alice", object_type="project")
     ]
