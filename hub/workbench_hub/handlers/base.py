@@ -149,13 +149,12 @@ class APIHandler(HubOAuthenticated, web.RequestHandler):
 
     async def project_listing(self) -> tuple[list[dict], str]:
         """The projects the caller has a role on, as JSON objects and as the list's body."""
-        cache = self.settings["listing_cache"]
-        listing = cache.get(self.identity)
-        if listing is None:
+
+        async def compute():
             projects = await self._visible_projects()
-            listing = projects, json.dumps({"projects": projects})
-            cache.put(self.identity, *listing)
-        return listing
+            return projects, json.dumps({"projects": projects})
+
+        return await self.settings["listing_cache"].get(self.identity, compute)
 
     def projects_changed(self) -> None:
         """Call after committing a change to projects or collaborators."""
