@@ -28,16 +28,16 @@ class ProjectListingCache:
             return entry[1]
         pending = self._pending.get(identity)
         if pending is None:
-            pending = asyncio.ensure_future(self._compute(identity, compute))
+            pending = asyncio.ensure_future(self._compute(identity, compute, self._generation))
             self._pending[identity] = pending
         return await asyncio.shield(pending)
 
-    async def _compute(self, identity, compute) -> Listing:
-        generation = self._generation
+    async def _compute(self, identity, compute, generation: int) -> Listing:
         try:
             listing = await compute()
         finally:
-            self._pending.pop(identity, None)
+            if self._pending.get(identity) is asyncio.current_task():
+                del self._pending[identity]
         if generation == self._generation:  # nothing changed while it was computed
             self._entries[identity] = (time.monotonic() + self.ttl, listing)
         return listing
