@@ -13,6 +13,8 @@ from pathlib import Path
 import httpx
 from tabulate import tabulate
 
+from workbench_hub.jobs import END_STATES
+
 DEFAULT_API_URL = "http://127.0.0.1:8000/services/workbench/api/v1"
 ROLES = ("viewer", "operator", "contributor", "admin")
 
@@ -240,7 +242,6 @@ RUN_COLUMNS = [
     "finished_at",
     "message",
 ]
-FINAL_RUN_STATES = ("succeeded", "failed", "timed_out", "stopped")
 
 
 def _job_path(args, *rest) -> str:
@@ -383,7 +384,7 @@ def cmd_jobs_run(args) -> int:
 def _wait_for_run(args, number: int) -> dict:
     while True:
         run = _call(args, "GET", _job_path(args, "runs", number))
-        if run["state"] in FINAL_RUN_STATES:
+        if run["state"] in END_STATES:
             return run
         time.sleep(1)
 

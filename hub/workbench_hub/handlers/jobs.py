@@ -15,7 +15,6 @@ from workbench_hub.profiles import profiles_for
 from workbench_hub.roles import Role
 
 ACTIVE_STATES = ("queued", "running")
-FINAL_STATES = ("succeeded", "failed", "timed_out", "stopped")
 #: columns the API shows as they are stored
 _PLAIN_FIELDS = (
     "name",

@@ -10,7 +10,8 @@ from sqlalchemy import select
 from tornado.iostream import StreamClosedError
 
 from workbench_hub.handlers.base import APIError
-from workbench_hub.handlers.jobs import FINAL_STATES, JobsAPIHandler, jobs_dir
+from workbench_hub.handlers.jobs import JobsAPIHandler, jobs_dir
+from workbench_hub.jobs import END_STATES
 from workbench_hub.jobs.engine import RunConflict
 from workbench_hub.jobs.validation import MAX_INT
 from workbench_hub.orm import Job, JobRun, Project
@@ -98,7 +99,7 @@ class RunStopHandler(RunsAPIHandler):
             _, _, run = await self.run_for(
                 session, name, job, number, Role.OPERATOR, "stopping runs"
             )
-        if run.state in FINAL_STATES:
+        if run.state in END_STATES:
             raise APIError(409, f"run {run.number} of job {job!r} already ended: {run.state}")
         engine = self.engine
         try:

@@ -31,14 +31,13 @@ from traitlets import Any, CaselessStrEnum, Float, Instance, Int, List, Type, Un
 from traitlets.config import LoggingConfigurable
 
 from workbench_hub import audit
-from workbench_hub.jobs import cron, execution
+from workbench_hub.jobs import END_STATES, cron, execution
 from workbench_hub.jobs.notify import EmailNotifier, Notifier, RunNotice
 from workbench_hub.jobs.snapshots import SnapshotMissing, SnapshotStore
 from workbench_hub.orm import Job, JobRun, Project
 from workbench_hub.runtime.base import KIND_LABEL, WorkloadNotFound
 
 ACTIVE_STATES = ("queued", "running")
-END_STATES = ("succeeded", "failed", "timed_out", "stopped")
 SYSTEM_ACTOR = "workbench"
 RESTART_GONE = "the control plane restarted and the run's process was gone"
 RESTART_UNSTARTED = "queued again: the control plane restarted before the run could start"

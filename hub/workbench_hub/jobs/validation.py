@@ -15,12 +15,11 @@ from pathlib import Path, PurePosixPath
 import nbformat
 from croniter import croniter
 
-from workbench_hub.jobs import cron
+from workbench_hub.jobs import END_STATES, cron
 from workbench_hub.names import InvalidName, validate_name
 
 SCHEDULES = ("manual", "cron", "dependent")
 CONCURRENCY = ("allow", "forbid", "replace")
-END_STATES = ("succeeded", "failed", "timed_out", "stopped")
 RETRY_STATES = ("failed", "timed_out", "stopped")
 TARGET_SUFFIXES = (".py", ".ipynb")
 DEFAULT_RETRY_ON = ["failed", "timed_out"]
