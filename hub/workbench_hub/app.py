@@ -37,6 +37,9 @@ from workbench_hub.handlers.pages import HomeHandler
 from workbench_hub.hubapi import HubClient
 from workbench_hub.jobs.engine import JobEngine
 from workbench_hub.listing import ProjectListingCache
+from workbench_hub.models.builder import ModelBuilder
+from workbench_hub.models.metrics_store import MetricsStore
+from workbench_hub.models.supervisor import ModelSupervisor
 from workbench_hub.profiles import InvalidProfile, parse_profiles
 from workbench_hub.projects import project_path
 from workbench_hub.runtime.local import LocalProcessRuntime
@@ -202,6 +205,9 @@ class WorkbenchService(Application):
     hub = Instance(HubClient, allow_none=True)
     runtime = Any(None)
     engine = Any(None, help="the JobEngine (workbench_hub.jobs.engine), created at start")
+    builder = Any(None, help="the ModelBuilder (workbench_hub.models.builder), created at start")
+    metrics_store = Any(None, help="the MetricsStore of model metrics, created at start")
+    supervisor = Any(None, help="the ModelSupervisor of deployments, created at start")
 
     @default("log_level")
     def _log_level_default(self):
@@ -235,6 +241,9 @@ class WorkbenchService(Application):
             hub=self.hub,
             runtime=self.runtime,
             jobs=self.engine,
+            builder=self.builder,
+            model_metrics=self.metrics_store,
+            models=self.supervisor,
             hub_auth=hub_auth,
             listing_cache=ProjectListingCache(ttl=self.hub_cache_seconds),
             # stable across restarts, so browsers keep their OAuth cookie
@@ -305,6 +314,20 @@ class WorkbenchService(Application):
             project_root=self.project_root,
         )
         await self.engine.start()
+        self.metrics_store = MetricsStore(parent=self, db=self.db)
+        await self.metrics_store.start()
+        self.builder = ModelBuilder(
+            parent=self,
+            db=self.db,
+            runtime=self.runtime,
+            project_root=self.project_root,
+            data_dir=self.data_dir,
+        )
+        await self.builder.start()
+        self.supervisor = ModelSupervisor(
+            parent=self, db=self.db, runtime=self.runtime, builder=self.builder
+        )
+        await self.supervisor.start()
         # everything imported and set up so far lives as long as the service: keep it out of
         # the garbage collector's full passes, which otherwise pause requests for tens of ms
         gc.freeze()
@@ -319,6 +342,9 @@ class WorkbenchService(Application):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         server.stop()
+        await self.supervisor.stop()
+        await self.builder.stop()
+        await self.metrics_store.stop()
         await self.engine.stop()
         await self.hub.close()
         await self.db.dispose()

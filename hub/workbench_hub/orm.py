@@ -4,9 +4,11 @@ from datetime import UTC, datetime
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -178,3 +180,139 @@ class JobRun(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     job: Mapped[Job] = relationship()
+
+
+#: a 64-bit key that autoincrements on every backend (SQLite only does so for INTEGER)
+BigKey = BigInteger().with_variant(Integer, "sqlite")
+
+
+class Model(Base):
+    """A function of a project file served over HTTP (docs/models.md)."""
+
+    __tablename__ = "models"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    name: Mapped[str] = mapped_column(String(63), nullable=False)
+    crn: Mapped[str] = mapped_column(String(128), unique=True, nullable=False)
+    #: path of the .py file, relative to the project directory
+    file: Mapped[str] = mapped_column(String(1024), nullable=False)
+    function: Mapped[str] = mapped_column(String(255), nullable=False)
+    description: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    profile: Mapped[str] = mapped_column(String(63), nullable=False)
+    replicas: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
+    env: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)
+    created_by: Mapped[str] = mapped_column(String(255), nullable=False)
+    created: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    updated: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    next_build_number: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
+    next_deployment_number: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
+
+    project: Mapped[Project] = relationship()
+
+
+class ModelBuild(Base):
+    """An immutable snapshot of the project's files: queued → building → succeeded | failed."""
+
+    __tablename__ = "model_builds"
+    __table_args__ = (UniqueConstraint("model_id", "number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(
+        ForeignKey("models.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    number: Mapped[int] = mapped_column(Integer, nullable=False)
+    crn: Mapped[str] = mapped_column(String(128), unique=True, nullable=False)
+    state: Mapped[str] = mapped_column(String(16), nullable=False, default="queued", index=True)
+    #: the model's file and function when the build was made
+    file: Mapped[str] = mapped_column(String(1024), nullable=False)
+    function: Mapped[str] = mapped_column(String(255), nullable=False)
+    message: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    #: directory holding the build (src/ and, with an install step, env/)
+    path: Mapped[str | None] = mapped_column(String(1024))
+    workload: Mapped[str | None] = mapped_column(String(63))
+    created_by: Mapped[str] = mapped_column(String(255), nullable=False)
+    created: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    model: Mapped[Model] = relationship()
+
+
+class ModelDeployment(Base):
+    """One build served by N replicas: deploying → running → superseded | stopped | failed.
+
+    ``crn`` stays the same across scaling and restarts; a redeploy makes a new deployment.
+    """
+
+    __tablename__ = "model_deployments"
+    __table_args__ = (UniqueConstraint("model_id", "number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(
+        ForeignKey("models.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    build_id: Mapped[int] = mapped_column(
+        ForeignKey("model_builds.id", ondelete="RESTRICT"), nullable=False, index=True
+    )
+    number: Mapped[int] = mapped_column(Integer, nullable=False)
+    crn: Mapped[str] = mapped_column(String(128), unique=True, nullable=False)
+    state: Mapped[str] = mapped_column(String(16), nullable=False, default="deploying", index=True)
+    replicas: Mapped[int] = mapped_column(Integer, nullable=False)
+    profile: Mapped[str] = mapped_column(String(63), nullable=False)
+    env: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)
+    #: bumped by a restart: replicas of an older generation are replaced, rolling
+    generation: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
+    message: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    #: SHA-256 of the secret the replicas use to call the control plane
+    token_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    created_by: Mapped[str] = mapped_column(String(255), nullable=False)
+    created: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    model: Mapped[Model] = relationship()
+    build: Mapped[ModelBuild] = relationship()
+
+
+class ModelAccessKey(Base):
+    """A key that callers of a model present; only its SHA-256 is stored."""
+
+    __tablename__ = "model_access_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(
+        ForeignKey("models.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    #: the first characters of the key, shown to tell keys apart
+    prefix: Mapped[str] = mapped_column(String(16), nullable=False)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    description: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    created_by: Mapped[str] = mapped_column(String(255), nullable=False)
+    created: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ModelMetric(Base):
+    """One metrics record of a deployment (docs/model-metrics.md).
+
+    ``kind``: ``prediction`` (tracked while serving), ``delayed`` (merged into the prediction
+    with the same uuid when read), ``aggregate`` (a time window) or ``rollup`` (old
+    predictions summarised).
+    """
+
+    __tablename__ = "model_metrics"
+    __table_args__ = (Index("ix_model_metrics_deployment_start", "deployment_id", "start_ms"),)
+
+    id: Mapped[int] = mapped_column(BigKey, primary_key=True)
+    deployment_id: Mapped[int] = mapped_column(
+        ForeignKey("model_deployments.id", ondelete="CASCADE"), nullable=False
+    )
+    kind: Mapped[str] = mapped_column(String(12), nullable=False)
+    prediction_uuid: Mapped[str | None] = mapped_column(String(36), index=True)
+    start_ms: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    end_ms: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    metrics: Mapped[dict] = mapped_column(JSON, nullable=False)

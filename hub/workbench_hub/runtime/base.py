@@ -19,10 +19,10 @@ from traitlets.config import LoggingConfigurable
 
 from workbench_hub import names
 
-Kind = Literal["job-run", "model-replica", "app"]
+Kind = Literal["job-run", "model-build", "model-replica", "app"]
 Phase = Literal["pending", "running", "succeeded", "failed", "stopped", "lost"]
 
-KINDS: frozenset[str] = frozenset({"job-run", "model-replica", "app"})
+KINDS: frozenset[str] = frozenset({"job-run", "model-build", "model-replica", "app"})
 ACTIVE_PHASES: frozenset[str] = frozenset({"pending", "running"})
 FINISHED_PHASES: frozenset[str] = frozenset({"succeeded", "failed", "stopped", "lost"})
 
