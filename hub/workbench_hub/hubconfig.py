@@ -45,6 +45,8 @@ def configure_hub(c, settings: dict) -> None:
     ]
     c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{s['proxy_api_port']}"
     c.ConfigurableHTTPProxy.should_start = True
+    # shared with the control plane, which routes /models/<project>/<model>/ to replicas
+    c.ConfigurableHTTPProxy.auth_token = s["proxy_token"]
 
     c.JupyterHub.authenticator_class = "workbench_hub.auth.WorkbenchAuthenticator"
     c.WorkbenchAuthenticator.users_file = f"{s['data_dir']}/users.json"
@@ -63,6 +65,7 @@ def configure_hub(c, settings: dict) -> None:
         f"--WorkbenchService.project_root={s['project_root']}",
         f"--WorkbenchService.data_dir={s['data_dir']}",
         f"--WorkbenchService.public_hub_url={public_url}",
+        f"--ProxyRoutes.api_url=http://127.0.0.1:{s['proxy_api_port']}",
     ]
     if s.get("config_file"):
         command.append(f"--WorkbenchService.config_file={s['config_file']}")
@@ -77,6 +80,7 @@ def configure_hub(c, settings: dict) -> None:
             # what a browser's OAuth token for the control plane may carry
             "oauth_client_allowed_scopes": list(CUSTOM_SCOPES),
             "cwd": s["data_dir"],
+            "environment": {"CONFIGPROXY_AUTH_TOKEN": s["proxy_token"]},
         }
     ]
     c.JupyterHub.custom_scopes = CUSTOM_SCOPES

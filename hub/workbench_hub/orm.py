@@ -256,7 +256,7 @@ class ModelDeployment(Base):
         ForeignKey("models.id", ondelete="CASCADE"), nullable=False, index=True
     )
     build_id: Mapped[int] = mapped_column(
-        ForeignKey("model_builds.id", ondelete="RESTRICT"), nullable=False, index=True
+        ForeignKey("model_builds.id", ondelete="CASCADE"), nullable=False, index=True
     )
     number: Mapped[int] = mapped_column(Integer, nullable=False)
     crn: Mapped[str] = mapped_column(String(128), unique=True, nullable=False)

@@ -128,6 +128,7 @@ class WorkbenchUp(LoggingConfigurable):
             "db_url": self.db_url,
             "project_root": str(Path(self.project_root).resolve()),
             "service_token": _secret_file(data / "secrets" / "service-token"),
+            "proxy_token": _secret_file(data / "secrets" / "proxy-token"),
             "admin_users": list(self.admin_users),
             "config_file": extra if Path(extra).exists() else "",
         }

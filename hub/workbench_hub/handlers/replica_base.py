@@ -23,7 +23,7 @@ class ReplicaAPIHandler(APIHandler):
         scheme, _, token = self.request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise APIError(401, "authentication required: send the deployment's bearer token")
-        crn = self.path_args[0] if self.path_args else ""
+        crn = self.path_kwargs.get("crn", "")
         async with self.db.session() as session:
             deployment = await session.scalar(
                 select(ModelDeployment).where(ModelDeployment.crn == crn)

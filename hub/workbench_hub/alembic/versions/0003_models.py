@@ -72,7 +72,7 @@ def upgrade() -> None:
         "model_deployments",
         sa.Column("id", sa.Integer, primary_key=True),
         _parent("model_id", "models"),
-        _parent("build_id", "model_builds", ondelete="RESTRICT"),
+        _parent("build_id", "model_builds"),
         sa.Column("number", sa.Integer, nullable=False),
         sa.Column("crn", sa.String(128), nullable=False, unique=True),
         sa.Column("state", sa.String(16), nullable=False, index=True),

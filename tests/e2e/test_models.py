@@ -1,0 +1,309 @@
+"""End to end: train a scikit-learn model, deploy it with 2 replicas and call it through the proxy.
+
+One real `workbench up`; the calls go through the hub's proxy to real replica processes. A
+replica is SIGKILLed and comes back, a redeploy under a load loop answers every request with
+2xx, a revoked key gets 401, and bad models fail with a message naming the problem while the
+running deployment keeps serving.
+"""
+
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import joblib
+import psutil
+import pytest
+from sklearn.datasets import load_iris
+from sklearn.linear_model import LogisticRegression
+
+from tests.harness import Workbench
+
+pytestmark = pytest.mark.e2e
+
+PREDICT = """\
+import joblib
+
+import cdsw
+
+model = joblib.load("model.joblib")
+
+
+@cdsw.model_metrics
+def predict(args):
+    probabilities = model.predict_proba([args["features"]])[0]
+    label = int(probabilities.argmax())
+    cdsw.track_metric("probability", float(probabilities[label]))
+    return {"species": label, "version": VERSION}
+
+
+VERSION = {version}
+"""
+
+
+def wait_for(check, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def replica_processes(wb: Workbench) -> dict[str, psutil.Process]:
+    """Replica name → its server process."""
+    found = {}
+    for proc in wb.descendants():
+        try:
+            argv = proc.cmdline()
+        except psutil.Error:
+            continue
+        if "workbench_serving" in argv and "--replica" in argv:
+            found[argv[argv.index("--replica") + 1]] = proc
+    return found
+
+
+@pytest.fixture(scope="module")
+def wb():
+    wb = Workbench().start()
+    yield wb
+    wb.stop()
+
+
+@pytest.fixture(scope="module")
+def api(wb):
+    token = wb.user_token("maya")
+    with httpx.Client(
+        base_url=wb.api_url, headers={"Authorization": f"token {token}"}, timeout=60
+    ) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def project(api) -> Path:
+    r = api.post("/projects", json={"name": "iris"})
+    assert r.status_code == 201, r.text
+    path = Path(r.json()["path"])
+    data = load_iris()
+    classifier = LogisticRegression(max_iter=500).fit(data.data, data.target)
+    joblib.dump(classifier, path / "model.joblib")
+    (path / "predict.py").write_text(PREDICT.replace("{version}", "1"))
+    return path
+
+
+def build(api, model: str) -> dict:
+    r = api.post(f"/projects/iris/models/{model}/builds")
+    assert r.status_code == 202, r.text
+    number = r.json()["number"]
+    return wait_for(
+        lambda: (b := api.get(f"/projects/iris/models/{model}/builds/{number}").json())["state"]
+        in ("succeeded", "failed")
+        and b,
+        240,
+        f"build {number} of {model}",
+    )
+
+
+def deploy(api, model: str, build_number: int, replicas: int = 2) -> dict:
+    r = api.post(
+        f"/projects/iris/models/{model}/deployments",
+        json={"build": build_number, "replicas": replicas},
+    )
+    assert r.status_code == 202, r.text
+    number = r.json()["number"]
+    return wait_for(
+        lambda: (
+            (d := api.get(f"/projects/iris/models/{model}/deployments/{number}").json())["state"]
+            in ("running", "failed")
+            and (d["state"] == "failed" or d["ready_replicas"] == replicas)
+            and d
+        ),
+        120,
+        f"deployment {number} of {model}",
+    )
+
+
+@pytest.fixture(scope="module")
+def deployed(api, project):
+    r = api.post(
+        "/projects/iris/models",
+        json={"name": "classifier", "file": "predict.py", "function": "predict", "replicas": 2},
+    )
+    assert r.status_code == 201, r.text
+    first = build(api, "classifier")
+    assert first["state"] == "succeeded", first["message"]
+    deployment = deploy(api, "classifier", first["number"])
+    assert deployment["state"] == "running", deployment["message"]
+    key = api.post("/projects/iris/models/classifier/keys", json={"description": "e2e"})
+    assert key.status_code == 201, key.text
+    return {"build": first, "deployment": deployment, "key": key.json()}
+
+
+def call(wb, key: str, features, client=None):
+    client = client or httpx
+    return client.post(
+        f"{wb.url}/models/iris/classifier/model",
+        json={"accessKey": key, "request": {"features": features}},
+        timeout=30,
+    )
+
+
+def test_call_through_the_proxy(wb, deployed):
+    sample = load_iris().data[0].tolist()  # a setosa: class 0
+    r = call(wb, deployed["key"]["key"], sample)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["success"] is True
+    assert body["response"]["prediction"] == {"species": 0, "version": 1}
+    assert body["response"]["uuid"] == body["uuid"]
+    # MLflow-style route, key in the header
+    r = httpx.post(
+        f"{wb.url}/models/iris/classifier/invocations",
+        json={"inputs": {"features": sample}},
+        headers={"Authorization": f"Bearer {deployed['key']['key']}"},
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["predictions"]["prediction"]["species"] == 0
+    # not JSON
+    r = httpx.post(f"{wb.url}/models/iris/classifier/model", content=b"{not json")
+    assert r.status_code == 400
+    assert r.json()["success"] is False
+    # no or a wrong key
+    assert call(wb, "wbk_wrong", sample).status_code == 401
+
+
+def test_killed_replica_comes_back(wb, api, deployed):
+    before = replica_processes(wb)
+    assert len(before) == 2, before
+    victim_name, victim = sorted(before.items())[0]
+    victim.send_signal(signal.SIGKILL)
+    wait_for(
+        lambda: (
+            len(now := replica_processes(wb)) == 2 and victim_name not in now and now
+        ),
+        60,
+        "a new replica to replace the killed one",
+    )
+    wait_for(
+        lambda: api.get("/projects/iris/models/classifier").json()["deployment"][
+            "ready_replicas"
+        ]
+        == 2,
+        60,
+        "both replicas ready again",
+    )
+    sample = load_iris().data[0].tolist()
+    assert call(wb, deployed["key"]["key"], sample).status_code == 200
+
+
+def test_redeploy_under_load_has_no_failed_request(wb, api, project, deployed):
+    sample = load_iris().data[60].tolist()
+    statuses: list[int] = []
+    versions: set[int] = set()
+    stop = threading.Event()
+
+    def load():
+        with httpx.Client(timeout=30) as client:
+            while not stop.is_set():
+                try:
+                    r = call(wb, deployed["key"]["key"], sample, client)
+                except httpx.HTTPError as exc:
+                    statuses.append(-1)
+                    print("request failed:", exc)
+                    continue
+                statuses.append(r.status_code)
+                if r.status_code == 200:
+                    versions.add(r.json()["response"]["prediction"]["version"])
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        (project / "predict.py").write_text(PREDICT.replace("{version}", "2"))
+        second = build(api, "classifier")
+        assert second["state"] == "succeeded", second["message"]
+        old = set(replica_processes(wb))
+        new = deploy(api, "classifier", second["number"])
+        assert new["state"] == "running", new["message"]
+        wait_for(
+            lambda: not (old & set(replica_processes(wb))), 60, "the old replicas to stop"
+        )
+        time.sleep(1)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert len(statuses) > 100
+    failed = [s for s in statuses if not 200 <= s < 300]
+    assert not failed, f"{len(failed)} of {len(statuses)} requests failed: {set(failed)}"
+    assert versions == {1, 2}
+    deployments = api.get("/projects/iris/models/classifier/deployments").json()["deployments"]
+    states = {d["number"]: d["state"] for d in deployments}
+    assert states == {new["number"]: "running", deployed["deployment"]["number"]: "superseded"}
+
+
+def test_failed_builds_never_replace_the_running_deployment(wb, api, project, deployed):
+    (project / "bad.py").write_text("def predict():\n    return 1\n")
+    r = api.post(
+        "/projects/iris/models",
+        json={"name": "bad", "file": "bad.py", "function": "predict"},
+    )
+    assert r.status_code == 201, r.text
+    failed = build(api, "bad")
+    assert failed["state"] == "failed"
+    assert "must take one argument" in failed["message"]
+    r = api.post("/projects/iris/models/bad/deployments", json={"build": failed["number"]})
+    assert r.status_code == 409
+    assert "failed" in r.json()["message"]
+    # a missing function, on the running model: the build fails, the deployment keeps serving
+    running = api.get("/projects/iris/models/classifier").json()["deployment"]
+    r = api.patch("/projects/iris/models/classifier", json={"function": "nope"})
+    assert r.status_code == 200, r.text
+    broken = build(api, "classifier")
+    assert broken["state"] == "failed"
+    assert "nope" in broken["message"]
+    r = api.post("/projects/iris/models/classifier/deployments", json={})
+    assert r.status_code == 202  # the newest *succeeded* build
+    api.patch("/projects/iris/models/classifier", json={"function": "predict"})
+    after = api.get("/projects/iris/models/classifier").json()["deployment"]
+    assert after["build"] == running["build"]
+    # a missing file is refused when the model is created
+    r = api.post(
+        "/projects/iris/models",
+        json={"name": "ghost", "file": "ghost.py", "function": "predict"},
+    )
+    assert r.status_code == 400
+    assert "ghost.py" in r.json()["message"]
+
+
+def test_metrics_and_stats(wb, api, deployed):
+    model = api.get("/projects/iris/models/classifier").json()
+    r = api.get("/model-metrics", params={"modelCrn": model["crn"]})
+    assert r.status_code == 200, r.text
+    records = r.json()["metrics"]
+    assert records and all(0 < rec["metrics"]["probability"] <= 1 for rec in records)
+    stats = api.get("/projects/iris/models/classifier/stats").json()
+    wait_for(
+        lambda: api.get("/projects/iris/models/classifier/stats").json()["totals"]["requests"]
+        > 0,
+        10,
+        "replica stats",
+    )
+    assert stats["state"] == "running"
+
+
+def test_revoked_key_gets_401(wb, api, deployed):
+    sample = load_iris().data[0].tolist()
+    key = deployed["key"]
+    assert call(wb, key["key"], sample).status_code == 200
+    r = api.delete(f"/projects/iris/models/classifier/keys/{key['id']}")
+    assert r.status_code == 204
+    r = wait_for(
+        lambda: (r := call(wb, key["key"], sample)).status_code == 401 and r, 5, "revocation"
+    )
+    assert r.json()["success"] is False
+    logs = api.get("/projects/iris/models/classifier/logs").text
+    assert key["key"] not in logs
+    assert key["key"] not in wb.log()
