@@ -426,6 +426,168 @@ def cmd_jobs_logs(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- models
+
+MODEL_COLUMNS = ["name", "file", "function", "deployment", "state", "replicas", "url"]
+BUILD_COLUMNS = ["number", "state", "created", "created_by", "message"]
+KEY_COLUMNS = ["id", "prefix", "description", "created", "created_by", "revoked"]
+DEPLOYMENT_END = ("running", "failed", "stopped", "superseded")
+
+
+def _model_path(args, *rest) -> str:
+    return "/".join(["projects", args.project, "models", args.model, *map(str, rest)])
+
+
+def _model_row(model: dict) -> dict:
+    deployment = model.get("deployment") or {}
+    ready = deployment.get("ready_replicas")
+    return {
+        **model,
+        "deployment": deployment.get("number"),
+        "state": deployment.get("state"),
+        "replicas": f"{ready}/{deployment['replicas']}" if deployment else model["replicas"],
+    }
+
+
+def _current_deployment(args) -> dict:
+    deployment = _call(args, "GET", _model_path(args))["deployment"]
+    if deployment is None:
+        raise CLIError(f"model {args.model} has never been deployed")
+    return deployment
+
+
+def _wait_for(args, path: str, done) -> dict:
+    deadline = time.monotonic() + args.timeout
+    while True:
+        item = _call(args, "GET", path)
+        if done(item):
+            return item
+        if time.monotonic() > deadline:
+            raise CLIError(f"gave up waiting after {args.timeout} s; state is {item['state']}")
+        time.sleep(1)
+
+
+def cmd_models_deploy(args) -> int:
+    fields = {
+        "file": args.file,
+        "function": args.function,
+        "description": args.description,
+        "profile": args.profile,
+        "env": _key_values(args.env, "--env") if args.env else None,
+    }
+    fields = {k: v for k, v in fields.items() if v is not None}
+    models = _call(args, "GET", f"projects/{args.project}/models")["models"]
+    if any(m["name"] == args.model for m in models):
+        if fields:
+            _call(args, "PATCH", _model_path(args), json=fields)
+    else:
+        if not (args.file and args.function):
+            raise CLIError("a new model needs --file and --function")
+        _call(
+            args,
+            "POST",
+            f"projects/{args.project}/models",
+            json={"name": args.model, "replicas": args.replicas or 1, **fields},
+        )
+    number = args.build
+    if number is None:
+        build = _call(args, "POST", _model_path(args, "builds"))
+        print(f"build {build['number']} started", file=sys.stderr)
+        build = _wait_for(
+            args,
+            _model_path(args, "builds", build["number"]),
+            lambda b: b["state"] in ("succeeded", "failed"),
+        )
+        if build["state"] == "failed":
+            raise CLIError(f"build {build['number']} failed: {build['message']}")
+        number = build["number"]
+    body = {"build": number, **({"replicas": args.replicas} if args.replicas else {})}
+    deployment = _call(args, "POST", _model_path(args, "deployments"), json=body)
+    print(f"deployment {deployment['number']} of build {number} started", file=sys.stderr)
+    if args.no_wait:
+        _print(args, deployment, list(deployment))
+        return 0
+    deployment = _wait_for(
+        args,
+        _model_path(args, "deployments", deployment["number"]),
+        lambda d: d["state"] in DEPLOYMENT_END,
+    )
+    _print(args, deployment, ["number", "crn", "build", "state", "replicas", "message"])
+    return 0 if deployment["state"] == "running" else 2
+
+
+def cmd_models_list(args) -> int:
+    models = _call(args, "GET", f"projects/{args.project}/models")["models"]
+    _print(args, models if args.json else [_model_row(m) for m in models], MODEL_COLUMNS)
+    return 0
+
+
+def cmd_models_builds(args) -> int:
+    if args.log is not None:
+        with _client(args) as client:
+            response = client.get(_model_path(args, "builds", args.log, "log"))
+        if response.status_code >= 400:
+            _raise_for(response)
+        sys.stdout.write(response.text)
+        return 0
+    builds = _call(args, "GET", _model_path(args, "builds"))["builds"]
+    _print(args, builds, BUILD_COLUMNS)
+    return 0
+
+
+def cmd_models_keys(args) -> int:
+    if args.create:
+        key = _call(args, "POST", _model_path(args, "keys"), json={"description": args.create})
+    elif args.rotate is not None:
+        key = _call(args, "POST", _model_path(args, "keys", args.rotate, "rotate"))
+    elif args.revoke is not None:
+        _call(args, "DELETE", _model_path(args, "keys", args.revoke))
+        print(f"access key {args.revoke} revoked")
+        return 0
+    else:
+        keys = _call(args, "GET", _model_path(args, "keys"))["keys"]
+        _print(args, keys, KEY_COLUMNS)
+        return 0
+    if args.json:
+        print(json.dumps(key, indent=2))
+    else:
+        print(f"access key {key['id']} (shown only now): {key['key']}")
+    return 0
+
+
+def cmd_models_logs(args) -> int:
+    with _client(args) as client:
+        response = client.get(_model_path(args, "logs"))
+    if response.status_code >= 400:
+        _raise_for(response)
+    sys.stdout.write(response.text)
+    return 0
+
+
+def cmd_models_scale(args) -> int:
+    deployment = _current_deployment(args)
+    changed = _call(
+        args,
+        "PATCH",
+        _model_path(args, "deployments", deployment["number"]),
+        json={"replicas": args.replicas},
+    )
+    _print(args, changed, ["number", "state", "replicas", "ready_replicas"])
+    return 0
+
+
+def cmd_models_stop(args) -> int:
+    deployment = _current_deployment(args)
+    changed = _call(
+        args,
+        "PATCH",
+        _model_path(args, "deployments", deployment["number"]),
+        json={"state": "stopped"},
+    )
+    _print(args, changed, ["number", "state", "replicas"])
+    return 0
+
+
 # ---------------------------------------------------------------- parser
 
 
@@ -524,6 +686,7 @@ def build_parser() -> argparse.ArgumentParser:
     _api_options(cremove)
     cremove.set_defaults(func=cmd_collaborators_remove)
     _jobs_parser(sub)
+    _models_parser(sub)
     return parser
 
 
@@ -586,6 +749,47 @@ def _jobs_parser(sub) -> None:
     logs = command("logs", cmd_jobs_logs, "print a run's output (default: the newest run)")
     logs.add_argument("run", type=int, nargs="?", help="run number (default: the newest)")
     logs.add_argument("--follow", "-f", action="store_true", help="stream until the run ends")
+
+
+def _models_parser(sub) -> None:
+    models = sub.add_parser("models", help="deploy and manage a project's models").add_subparsers(
+        dest="models_command", required=True
+    )
+
+    def command(name, func, help, model=True):
+        p = models.add_parser(name, help=help)
+        p.add_argument("project")
+        if model:
+            p.add_argument("model")
+        _api_options(p)
+        p.set_defaults(func=func)
+        return p
+
+    deploy = command("deploy", cmd_models_deploy, "create or update a model, build it, deploy it")
+    deploy.add_argument("--file", help="the .py file, relative to the project")
+    deploy.add_argument("--function", help="the function called with each request")
+    deploy.add_argument("--description")
+    deploy.add_argument("--profile", help="resource profile of each replica")
+    deploy.add_argument("--replicas", type=int, help="number of replicas (default 1)")
+    deploy.add_argument(
+        "--env", action="append", metavar="KEY=VALUE", help="an environment variable (repeatable)"
+    )
+    deploy.add_argument("--build", type=int, help="deploy this build instead of a new one")
+    deploy.add_argument("--no-wait", action="store_true", help="do not wait for the replicas")
+    deploy.add_argument("--timeout", type=float, default=900, help="seconds to wait (900)")
+    command("list", cmd_models_list, "list a project's models", model=False)
+    builds = command("builds", cmd_models_builds, "list a model's builds")
+    builds.add_argument("--log", type=int, metavar="NUMBER", help="print this build's log")
+    keys = command("keys", cmd_models_keys, "list, create, rotate or revoke access keys")
+    action = keys.add_mutually_exclusive_group()
+    action.add_argument("--create", metavar="DESCRIPTION", help="create a key")
+    action.add_argument("--rotate", type=int, metavar="ID", help="replace a key by a new one")
+    action.add_argument("--revoke", type=int, metavar="ID", help="revoke a key")
+    command("logs", cmd_models_logs, "print the replicas' logs of the current deployment")
+    command("scale", cmd_models_scale, "change the number of replicas").add_argument(
+        "replicas", type=int
+    )
+    command("stop", cmd_models_stop, "stop the current deployment")
 
 
 def main(argv=None) -> int:
