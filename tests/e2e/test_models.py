@@ -98,9 +98,11 @@ def build(api, model: str) -> dict:
     assert r.status_code == 202, r.text
     number = r.json()["number"]
     return wait_for(
-        lambda: (b := api.get(f"/projects/iris/models/{model}/builds/{number}").json())["state"]
-        in ("succeeded", "failed")
-        and b,
+        lambda: (
+            (b := api.get(f"/projects/iris/models/{model}/builds/{number}").json())["state"]
+            in ("succeeded", "failed")
+            and b
+        ),
         240,
         f"build {number} of {model}",
     )
@@ -180,17 +182,14 @@ def test_killed_replica_comes_back(wb, api, deployed):
     victim_name, victim = sorted(before.items())[0]
     victim.send_signal(signal.SIGKILL)
     wait_for(
-        lambda: (
-            len(now := replica_processes(wb)) == 2 and victim_name not in now and now
-        ),
+        lambda: len(now := replica_processes(wb)) == 2 and victim_name not in now and now,
         60,
         "a new replica to replace the killed one",
     )
     wait_for(
-        lambda: api.get("/projects/iris/models/classifier").json()["deployment"][
-            "ready_replicas"
-        ]
-        == 2,
+        lambda: (
+            api.get("/projects/iris/models/classifier").json()["deployment"]["ready_replicas"] == 2
+        ),
         60,
         "both replicas ready again",
     )
@@ -227,9 +226,7 @@ def test_redeploy_under_load_has_no_failed_request(wb, api, project, deployed):
         old = set(replica_processes(wb))
         new = deploy(api, "classifier", second["number"])
         assert new["state"] == "running", new["message"]
-        wait_for(
-            lambda: not (old & set(replica_processes(wb))), 60, "the old replicas to stop"
-        )
+        wait_for(lambda: not (old & set(replica_processes(wb))), 60, "the old replicas to stop")
         time.sleep(1)
     finally:
         stop.set()
@@ -286,8 +283,7 @@ def test_metrics_and_stats(wb, api, deployed):
     assert records and all(0 < rec["metrics"]["probability"] <= 1 for rec in records)
     stats = api.get("/projects/iris/models/classifier/stats").json()
     wait_for(
-        lambda: api.get("/projects/iris/models/classifier/stats").json()["totals"]["requests"]
-        > 0,
+        lambda: api.get("/projects/iris/models/classifier/stats").json()["totals"]["requests"] > 0,
         10,
         "replica stats",
     )

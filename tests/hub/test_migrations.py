@@ -154,3 +154,23 @@ def test_service_starts_on_current_schema(empty_db_url, tmp_path):
         proc.terminate()
         output = proc.communicate(timeout=30)[0]
     assert proc.returncode == 0, output
+
+
+def test_migrations_match_the_orm(empty_db_url):
+    """Alembic's autogenerate finds nothing to change: the migrations build the ORM's schema."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from workbench_hub.orm import Base
+
+    db.upgrade_db(empty_db_url)
+    engine = create_engine(db.sync_url(empty_db_url))
+    try:
+        with engine.connect() as connection:
+            context = MigrationContext.configure(
+                connection, opts={"compare_type": True, "compare_server_default": False}
+            )
+            differences = compare_metadata(context, Base.metadata)
+    finally:
+        engine.dispose()
+    assert differences == []

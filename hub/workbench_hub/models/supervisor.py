@@ -130,7 +130,7 @@ class ModelSupervisor(LoggingConfigurable):
         help="Public URL of the hub (for model URLs). Default: the service's public_hub_url."
     ).tag(config=True)
 
-    routes = Instance(ProxyRoutes)
+    routes = Instance(ProxyRoutes, allow_none=True)
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
