@@ -117,6 +117,19 @@ class Workbench:
         except psutil.NoSuchProcess:
             return []
 
+    def control_plane(self) -> psutil.Process:
+        """The control plane's process (`python -m workbench_hub`), started by the hub."""
+        for proc in self.descendants():
+            try:
+                if proc.status() != psutil.STATUS_ZOMBIE and proc.cmdline()[1:3] == [
+                    "-m",
+                    "workbench_hub",
+                ]:
+                    return proc
+            except psutil.Error:
+                continue
+        raise AssertionError("no control plane process")
+
     def stop(self, timeout: float = 60) -> int:
         """SIGTERM `workbench up`, as a service manager would; returns its exit code."""
         if self.proc is None or self.proc.poll() is not None:

@@ -23,19 +23,6 @@ print("finished", flush=True)
 """
 
 
-def control_plane(wb: Workbench) -> psutil.Process:
-    for proc in wb.descendants():
-        try:
-            if proc.status() != psutil.STATUS_ZOMBIE and proc.cmdline()[1:3] == [
-                "-m",
-                "workbench_hub",
-            ]:
-                return proc
-        except psutil.Error:
-            continue
-    raise AssertionError("no control plane process")
-
-
 def _dead(proc: psutil.Process) -> bool:
     try:
         return proc.status() == psutil.STATUS_ZOMBIE
@@ -95,7 +82,7 @@ def test_sigkill_during_a_run():
             "the run to start",
         )
 
-        killed = control_plane(wb)
+        killed = wb.control_plane()
         killed.send_signal(signal.SIGKILL)
         wait_for(lambda: _dead(killed), 10, "the control plane to die")
         # JupyterHub restarts a managed service that exits.
@@ -104,7 +91,7 @@ def test_sigkill_during_a_run():
             90,
             "the hub to restart the control plane",
         )
-        assert control_plane(wb).pid != killed.pid
+        assert wb.control_plane().pid != killed.pid
 
         final = wait_for(
             lambda: (

@@ -276,18 +276,66 @@ def test_failed_builds_never_replace_the_running_deployment(wb, api, project, de
 
 
 def test_metrics_and_stats(wb, api, deployed):
+    sample = load_iris().data[100].tolist()
+    uuids = [call(wb, deployed["key"]["key"], sample).json()["uuid"] for _ in range(5)]
     model = api.get("/projects/iris/models/classifier").json()
-    r = api.get("/model-metrics", params={"modelCrn": model["crn"]})
-    assert r.status_code == 200, r.text
-    records = r.json()["metrics"]
-    assert records and all(0 < rec["metrics"]["probability"] <= 1 for rec in records)
-    stats = api.get("/projects/iris/models/classifier/stats").json()
-    wait_for(
-        lambda: api.get("/projects/iris/models/classifier/stats").json()["totals"]["requests"] > 0,
-        10,
-        "replica stats",
-    )
+
+    def tracked():
+        r = api.get("/model-metrics", params={"modelCrn": model["crn"]})
+        assert r.status_code == 200, r.text
+        records = {rec["predictionUuid"]: rec for rec in r.json()["metrics"]}
+        return set(uuids) <= set(records) and records
+
+    records = wait_for(tracked, 10, "the predictions' metrics")
+    assert all(0 < records[u]["metrics"]["probability"] <= 1 for u in uuids)
+
+    def stats_after_a_call():
+        # the deployment made by the previous test may take over meanwhile: call, then look
+        assert call(wb, deployed["key"]["key"], sample).status_code == 200
+        stats = api.get("/projects/iris/models/classifier/stats").json()
+        reported = all(r["memory_bytes"] > 0 for r in stats["replicas"])
+        return stats["totals"]["requests"] > 0 and reported and stats
+
+    stats = wait_for(stats_after_a_call, 20, "replica stats")
     assert stats["state"] == "running"
+    assert stats["latency_ms"]["p50"] is not None
+    assert len(stats["replicas"]) == 2
+    prometheus = httpx.get(
+        f"{wb.api_url}/metrics", headers={"Authorization": f"token {wb.admin_token}"}
+    )
+    assert prometheus.status_code == 200
+    assert f'deployment="{stats["deployment_crn"]}"' in prometheus.text
+
+
+def test_control_plane_restart_keeps_models_serving(wb, api, deployed):
+    """SIGKILL the control plane: the model keeps answering, and after the hub restarts it the
+    supervisor adopts the running replicas instead of starting new ones."""
+    sample = load_iris().data[0].tolist()
+    # settled: only the current deployment's two replicas run
+    before = set(wait_for(lambda: len(r := replica_processes(wb)) == 2 and r, 60, "2 replicas"))
+    killed = wb.control_plane()
+    killed.send_signal(signal.SIGKILL)
+
+    def dead():
+        try:
+            return killed.status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    wait_for(dead, 10, "the control plane to die")
+    assert call(wb, deployed["key"]["key"], sample).status_code == 200  # no control plane
+
+    def restarted():
+        try:
+            return api.get("/projects/iris/models/classifier").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(restarted, 90, "the hub to restart the control plane")
+    time.sleep(3)  # a few reconciliations
+    assert set(replica_processes(wb)) == before
+    assert api.get("/projects/iris/models/classifier").json()["deployment"]["ready_replicas"] == 2
+    assert call(wb, deployed["key"]["key"], sample).status_code == 200
 
 
 def test_revoked_key_gets_401(wb, api, deployed):
