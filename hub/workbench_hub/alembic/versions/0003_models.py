@@ -102,9 +102,11 @@ def upgrade() -> None:
     op.create_table(
         "model_metrics",
         sa.Column("id", _BIG_KEY, primary_key=True),
-        _parent("deployment_id", "model_deployments", index=False),
+        # no foreign key (a per-row check halves COPY ingest): the trigger below deletes a
+        # deployment's metrics with it; see orm.ModelMetric
+        sa.Column("deployment_id", sa.Integer, nullable=False),
         sa.Column("kind", sa.String(12), nullable=False),
-        sa.Column("prediction_uuid", sa.String(36), index=True),
+        sa.Column("prediction_uuid", sa.String(36)),
         sa.Column("start_ms", sa.BigInteger, nullable=False),
         sa.Column("end_ms", sa.BigInteger, nullable=False),
         sa.Column("metrics", sa.JSON, nullable=False),
@@ -112,9 +114,43 @@ def upgrade() -> None:
     op.create_index(
         "ix_model_metrics_deployment_start", "model_metrics", ["deployment_id", "start_ms"]
     )
+    op.create_index(
+        "ix_model_metrics_prediction_uuid",
+        "model_metrics",
+        ["prediction_uuid"],
+        postgresql_using="hash",
+    )
+    _create_metrics_cleanup()
+
+
+def _create_metrics_cleanup() -> None:
+    """Delete a deployment's model metrics when the deployment row is deleted."""
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute(
+            """
+            CREATE FUNCTION model_deployments_drop_metrics() RETURNS trigger
+            LANGUAGE plpgsql AS $$
+            BEGIN
+                DELETE FROM model_metrics WHERE deployment_id = OLD.id;
+                RETURN OLD;
+            END
+            $$
+            """
+        )
+        op.execute(
+            "CREATE TRIGGER model_deployments_drop_metrics AFTER DELETE ON model_deployments"
+            " FOR EACH ROW EXECUTE FUNCTION model_deployments_drop_metrics()"
+        )
+    else:
+        op.execute(
+            "CREATE TRIGGER model_deployments_drop_metrics AFTER DELETE ON model_deployments"
+            " BEGIN DELETE FROM model_metrics WHERE deployment_id = OLD.id; END"
+        )
 
 
 def downgrade() -> None:
     for table in ("model_metrics", "model_access_keys", "model_deployments", "model_builds"):
-        op.drop_table(table)
+        op.drop_table(table)  # a table's triggers go with it
     op.drop_table("models")
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("DROP FUNCTION IF EXISTS model_deployments_drop_metrics()")
