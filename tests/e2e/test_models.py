@@ -338,6 +338,64 @@ def test_control_plane_restart_keeps_models_serving(wb, api, deployed):
     assert call(wb, deployed["key"]["key"], sample).status_code == 200
 
 
+def test_a_cloudera_monitoring_script_runs_unchanged(wb, api, deployed, monkeypatch):
+    """The calls of Cloudera's model-monitoring examples, through `cdsw` and `cml.metrics_v1`."""
+    import cdsw
+    import cml.metrics_v1 as metrics
+
+    monkeypatch.setenv("WORKBENCH_API_URL", wb.api_url)
+    monkeypatch.setenv("WORKBENCH_TOKEN", api.headers["Authorization"].split()[1])
+    data = load_iris()
+    rows, labels = data.data[::15].tolist(), data.target[::15].tolist()
+    start_ms = int(time.time() * 1000)
+    responses = [cdsw.call_model(deployed["key"]["key"], {"features": row}) for row in rows]
+    assert all(r["success"] for r in responses)
+    uuids = [r["response"]["uuid"] for r in responses]
+    model = api.get("/projects/iris/models/classifier").json()
+
+    def read_all():
+        result = cdsw.read_metrics(model_crn=model["crn"], start_timestamp_ms=start_ms)
+        records = {r["predictionUuid"]: r for r in result["metrics"] if r["predictionUuid"]}
+        return set(uuids) <= set(records) and records
+
+    wait_for(read_all, 10, "the predictions in read_metrics")
+    half = len(uuids) // 2
+    for prediction_uuid, label in zip(uuids[:half], labels[:half], strict=True):
+        metrics.track_delayed_metrics({"actual": label}, prediction_uuid)
+    correct = sum(
+        r["response"]["prediction"]["species"] == label
+        for r, label in zip(responses, labels, strict=True)
+    )
+    end_ms = int(time.time() * 1000)
+    crn = model["deployment"]["crn"]
+    metrics.track_aggregate_metrics(
+        {"accuracy": correct / len(rows)}, start_ms, end_ms, model_deployment_crn=crn
+    )
+    records = read_all()
+    for prediction_uuid, label in zip(uuids, labels, strict=True):
+        record = records[prediction_uuid]
+        assert record["startTimeStampMs"] <= record["endTimeStampMs"]
+        assert 0 < record["metrics"]["probability"] <= 1
+        if prediction_uuid in uuids[:half]:
+            assert record["metrics"]["actual"] == label
+        else:
+            assert "actual" not in record["metrics"]
+    aggregate = cdsw.read_metrics(
+        model_deployment_crn=crn, start_timestamp_ms=start_ms, end_timestamp_ms=end_ms
+    )["metrics"]
+    assert {
+        "startTimeStampMs": start_ms,
+        "endTimeStampMs": end_ms,
+        "predictionUuid": None,
+        "metrics": {"accuracy": correct / len(rows)},
+    } in aggregate
+    # Cloudera's clients give clear errors for bad input
+    with pytest.raises(Exception, match="crn:workbench:deployment:nope"):
+        cdsw.read_metrics(model_deployment_crn="crn:workbench:deployment:nope")
+    with pytest.raises(Exception, match="startTimeStampMs"):
+        cdsw.read_metrics(model_deployment_crn=crn, start_timestamp_ms=5, end_timestamp_ms=1)
+
+
 def test_revoked_key_gets_401(wb, api, deployed):
     sample = load_iris().data[0].tolist()
     key = deployed["key"]
