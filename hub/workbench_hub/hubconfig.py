@@ -66,6 +66,8 @@ def configure_hub(c, settings: dict) -> None:
         f"--WorkbenchService.data_dir={s['data_dir']}",
         f"--WorkbenchService.public_hub_url={public_url}",
         f"--ProxyRoutes.api_url=http://127.0.0.1:{s['proxy_api_port']}",
+        # replicas end with the workbench: stop them first, so they flush their metrics
+        "--ModelSupervisor.stop_replicas_on_exit=True",
     ]
     if s.get("config_file"):
         command.append(f"--WorkbenchService.config_file={s['config_file']}")

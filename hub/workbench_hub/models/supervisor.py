@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import httpx
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
-from traitlets import Any, Float, Instance, Int, Unicode
+from traitlets import Any, Bool, Float, Instance, Int, Unicode
 from traitlets.config import LoggingConfigurable
 
 from workbench_hub.models import ACTIVE_DEPLOYMENT_STATES, secret_hash
@@ -122,6 +122,12 @@ class ModelSupervisor(LoggingConfigurable):
     max_body_bytes = Int(1024**2, help="Largest request body a replica accepts (413).").tag(
         config=True
     )
+    stop_replicas_on_exit = Bool(
+        False,
+        help="""Stop every replica (letting it flush its metrics) when the control plane stops
+        cleanly. For `workbench up`, where replicas end with the workbench anyway. Off: replicas
+        keep serving across control plane restarts and are adopted by the next start.""",
+    ).tag(config=True)
     control_url = Unicode(
         help="""API base URL the replicas call (access keys, metrics, stats). Default: the
         control plane's own address and prefix.""",
@@ -214,6 +220,16 @@ class ModelSupervisor(LoggingConfigurable):
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.stop_replicas_on_exit:
+            replicas = await self.runtime.list({KIND_LABEL: "model-replica"})
+            await asyncio.gather(
+                *(
+                    self.runtime.stop(r.name, grace=min(self.stop_grace, 5.0))
+                    for r in replicas
+                    if r.phase in ACTIVE_PHASES
+                ),
+                return_exceptions=True,
+            )
         await self._http.aclose()
         await self.routes.close()
 
