@@ -409,3 +409,31 @@ def test_revoked_key_gets_401(wb, api, deployed):
     logs = api.get("/projects/iris/models/classifier/logs").text
     assert key["key"] not in logs
     assert key["key"] not in wb.log()
+
+
+def test_stopping_the_workbench_flushes_every_prediction(wb, deployed):
+    """Last: SIGTERM `workbench up` right after a burst of calls; no tracked metric is lost."""
+    import sqlite3
+
+    key = deployed["key"]
+    sample = load_iris().data[0].tolist()
+    # the key was revoked by the previous test: make a new one
+    assert call(wb, key["key"], sample).status_code == 401
+    token = wb.user_token("maya")
+    with httpx.Client(
+        base_url=wb.api_url, headers={"Authorization": f"token {token}"}, timeout=60
+    ) as client:
+        fresh = client.post("/projects/iris/models/classifier/keys").json()["key"]
+    wait_for(lambda: call(wb, fresh, sample).status_code == 200, 5, "the new key")
+    with httpx.Client(timeout=30) as client:
+        uuids = [call(wb, fresh, sample, client).json()["uuid"] for _ in range(200)]
+    assert wb.stop() == 0
+    with sqlite3.connect(wb.data_dir / "workbench.sqlite") as connection:
+        stored = {
+            row[0]
+            for row in connection.execute(
+                "SELECT prediction_uuid FROM model_metrics WHERE kind = 'prediction'"
+            )
+        }
+    assert set(uuids) <= stored
+    assert not replica_processes(wb)
