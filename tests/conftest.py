@@ -1,9 +1,12 @@
 """Fixtures shared by every test package: a real PostgreSQL server and real workbenches."""
 
+import shutil
+
 import pytest
 
 from tests.harness import Workbench
 from tests.postgres import PostgresServer
+from workbench_hub.db import upgrade_db
 
 
 @pytest.fixture(scope="session")
@@ -18,6 +21,26 @@ def postgres():
 def pg_database(postgres):
     """Factory of fresh, empty PostgreSQL databases (SQLAlchemy URLs)."""
     return postgres.new_database
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory):
+    """A SQLite database at the head revision, copied by `db_url` (faster than migrating)."""
+    path = tmp_path_factory.mktemp("template") / "workbench.sqlite"
+    upgrade_db(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path, sqlite_template):
+    """A fresh database at the head revision: SQLite, then PostgreSQL."""
+    if request.param == "postgresql":
+        url = request.getfixturevalue("pg_database")()
+        upgrade_db(url)
+        return url
+    path = tmp_path / "workbench.sqlite"
+    shutil.copyfile(sqlite_template, path)
+    return f"sqlite:///{path}"
 
 
 @pytest.fixture(scope="session")

@@ -33,6 +33,17 @@ c.JupyterHub.load_roles.append(
 """
 
 
+def wait_for(check, timeout: float, what: str):
+    """Call `check` until it returns a true value (returned), or fail after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 class Workbench:
     """One `workbench up` process and helpers to drive it as users would."""
 

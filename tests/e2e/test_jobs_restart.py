@@ -5,13 +5,12 @@ and no run is lost.
 """
 
 import signal
-import time
 
 import httpx
 import psutil
 import pytest
 
-from tests.harness import Workbench
+from tests.harness import Workbench, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -28,16 +27,6 @@ def _dead(proc: psutil.Process) -> bool:
         return proc.status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
-
-
-def wait_for(check, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_sigkill_during_a_run():

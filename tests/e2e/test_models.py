@@ -18,7 +18,7 @@ import pytest
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
-from tests.harness import Workbench
+from tests.harness import Workbench, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -40,16 +40,6 @@ def predict(args):
 
 VERSION = {version}
 """
-
-
-def wait_for(check, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def replica_processes(wb: Workbench) -> dict[str, psutil.Process]:

@@ -2,7 +2,6 @@
 runtime in a temporary state directory, a project directory and a clock the test moves."""
 
 import asyncio
-import shutil
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from workbench_hub.db import Database, upgrade_db
+from workbench_hub.db import Database
 from workbench_hub.jobs.engine import JobEngine
 from workbench_hub.orm import Job, JobRun, Project
 from workbench_hub.runtime import procfs
@@ -163,25 +162,6 @@ class JobsEnv:
             if status.phase in ("pending", "running"):
                 await self.runtime.stop(status.name, grace=0)
         await self.db.dispose()
-
-
-@pytest.fixture(scope="session")
-def sqlite_template(tmp_path_factory):
-    path = tmp_path_factory.mktemp("template") / "workbench.sqlite"
-    upgrade_db(f"sqlite:///{path}")
-    return path
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, tmp_path, sqlite_template):
-    """A fresh database at the head revision: SQLite, then PostgreSQL."""
-    if request.param == "postgresql":
-        url = request.getfixturevalue("pg_database")()
-        upgrade_db(url)
-        return url
-    path = tmp_path / "workbench.sqlite"
-    shutil.copyfile(sqlite_template, path)
-    return f"sqlite:///{path}"
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ PostgreSQL): the snapshot rules, the install step, the check, and adoption after
 import asyncio
 import json
 import os
-import shutil
 import stat
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ from sqlalchemy import select
 from workbench_serving.build import take_snapshot
 
 from workbench_hub import audit
-from workbench_hub.db import Database, upgrade_db
+from workbench_hub.db import Database
 from workbench_hub.models import new_crn
 from workbench_hub.models.builder import RESTART_LOST, ModelBuilder, outcome
 from workbench_hub.orm import Model, ModelBuild, ModelDeployment, Project
@@ -121,25 +120,6 @@ class BuildEnv:
             if status.phase in ("pending", "running"):
                 await self.runtime.stop(status.name, grace=0)
         await self.db.dispose()
-
-
-@pytest.fixture(scope="session")
-def sqlite_template(tmp_path_factory):
-    path = tmp_path_factory.mktemp("builds-template") / "workbench.sqlite"
-    upgrade_db(f"sqlite:///{path}")
-    return path
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, tmp_path, sqlite_template):
-    """A fresh database at the head revision: SQLite, then PostgreSQL."""
-    if request.param == "postgresql":
-        url = request.getfixturevalue("pg_database")()
-        upgrade_db(url)
-        return url
-    path = tmp_path / "workbench.sqlite"
-    shutil.copyfile(sqlite_template, path)
-    return f"sqlite:///{path}"
 
 
 @pytest.fixture

@@ -2,13 +2,12 @@
 
 import asyncio
 import random
-import shutil
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import delete, event, func, insert, select
 
-from workbench_hub.db import Database, upgrade_db
+from workbench_hub.db import Database
 from workbench_hub.models import new_crn, secret_hash
 from workbench_hub.models.metrics_store import (
     DeploymentNotFound,
@@ -23,25 +22,6 @@ BASE_MS = 1_700_000_000_000
 HOUR_MS = 3_600_000
 #: text that COPY must escape and JSON must carry through unchanged
 AWKWARD = 'tab\there "quoted" back\\slash \\N\nnewline\r ü 日本 \u2028'
-
-
-@pytest.fixture(scope="session")
-def sqlite_template(tmp_path_factory):
-    path = tmp_path_factory.mktemp("metrics-template") / "workbench.sqlite"
-    upgrade_db(f"sqlite:///{path}")
-    return path
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, tmp_path, sqlite_template):
-    """A fresh database at the head revision: SQLite, then PostgreSQL."""
-    if request.param == "postgresql":
-        url = request.getfixturevalue("pg_database")()
-        upgrade_db(url)
-        return url
-    path = tmp_path / "workbench.sqlite"
-    shutil.copyfile(sqlite_template, path)
-    return f"sqlite:///{path}"
 
 
 @pytest.fixture
