@@ -8,6 +8,10 @@
     run = job.run().wait()             # poll until the run ends
     print(run.state, run.exit_code, run.message)
     print(run.logs())
+    model = workbench.models.deploy("churn", "predict.py", "predict")   # docs/models.md
+    key = model.create_key()
+    workbench.models.call_model(key, {"tenure": 3})["response"]
+    workbench.metrics.read_metrics(model_deployment_crn=model.deployment["crn"])
 
 Module-level names use a Client built from the session environment on first use; build a
 `workbench.Client(api_url=..., token=...)` to talk to a workbench from elsewhere.
@@ -16,6 +20,7 @@ Module-level names use a Client built from the session environment on first use;
 import functools
 import os
 
+from . import metrics, models
 from .client import Client
 from .errors import NotInSessionError, WorkbenchError
 
@@ -26,6 +31,8 @@ __all__ = [
     "current_project",
     "default_client",
     "jobs",
+    "metrics",
+    "models",
     "projects",
 ]
 
@@ -64,3 +71,6 @@ class _DefaultResource:
 
 projects = _DefaultResource("projects")
 jobs = _DefaultResource("jobs")
+# `workbench.models` and `workbench.metrics` are modules whose functions use the default client
+# (`workbench.models.deploy(...)`); `client.models` and `client.metrics` are the same APIs on an
+# explicit Client.

@@ -5,6 +5,8 @@ import os
 import httpx
 
 from .errors import NotInSessionError, WorkbenchError
+from .metrics import Metrics
+from .models import Models
 from .resources import Jobs, Projects
 
 
@@ -12,8 +14,8 @@ class Client:
     """A synchronous client for the workbench REST API (`/services/workbench/api/v1`).
 
     Arguments default to the session environment: `WORKBENCH_API_URL`, `WORKBENCH_TOKEN`
-    and `WORKBENCH_PROJECT`. Resources hang off the client (`client.projects`, `client.jobs`);
-    later resources (models, metrics) are added the same way.
+    and `WORKBENCH_PROJECT`. Resources hang off the client (`client.projects`, `client.jobs`,
+    `client.models`, `client.metrics`).
     """
 
     def __init__(self, api_url=None, token=None, project=None, timeout=30.0):
@@ -27,6 +29,8 @@ class Client:
         )
         self.projects = Projects(self)
         self.jobs = Jobs(self)
+        self.models = Models(self)
+        self.metrics = Metrics(self)
 
     def __repr__(self):
         return f"<workbench.Client {self.api_url} project={self.project!r}>"

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
-from workbench_serving.build import take_snapshot
 
 from workbench_hub import audit
 from workbench_hub.db import Database
@@ -19,6 +18,7 @@ from workbench_hub.models.builder import RESTART_LOST, ModelBuilder, outcome
 from workbench_hub.orm import Model, ModelBuild, ModelDeployment, Project
 from workbench_hub.runtime.base import WorkloadStatus
 from workbench_hub.runtime.local import LocalProcessRuntime
+from workbench_serving.build import take_snapshot
 
 MODEL = "def predict(request):\n    return {'echo': request}\n"
 TIMEOUT = 120

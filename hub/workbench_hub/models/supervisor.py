@@ -122,6 +122,15 @@ class ModelSupervisor(LoggingConfigurable):
     max_body_bytes = Int(1024**2, help="Largest request body a replica accepts (413).").tag(
         config=True
     )
+    replica_threads = Int(
+        1, help="Worker threads of a replica that run a synchronous function."
+    ).tag(config=True)
+    replica_inline = Bool(
+        True,
+        help="""Let a replica call a synchronous function that has proved fast on its event
+        loop's thread (faster for sub-millisecond models; a call that suddenly becomes slow then
+        holds up the replica until it ends). Off: always a worker thread.""",
+    ).tag(config=True)
     stop_replicas_on_exit = Bool(
         False,
         help="""Stop every replica (letting it flush its metrics) when the control plane stops
@@ -455,6 +464,9 @@ class ModelSupervisor(LoggingConfigurable):
                 str(self.max_body_bytes),
                 "--queue-limit",
                 str(self.queue_limit),
+                "--threads",
+                str(self.replica_threads),
+                *([] if self.replica_inline else ["--no-inline"]),
             ],
             working_dir=f"{build.path}/src",
             env=env,
