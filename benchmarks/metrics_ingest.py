@@ -41,11 +41,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "hub"))
 
 from tests.harness import Workbench
+from tests.models.rows import build_row, deployment_row, model_row
 from tests.postgres import PostgresServer
 from workbench_hub.db import Database, sync_url, upgrade_db
-from workbench_hub.models import new_crn, new_secret, secret_hash
+from workbench_hub.models import new_secret
 from workbench_hub.models.metrics_store import MetricsStore
-from workbench_hub.orm import Model, ModelBuild, ModelDeployment, Project
+from workbench_hub.orm import Project
 
 TARGET = 100_000
 TOKEN = new_secret()
@@ -90,39 +91,13 @@ def seed(url: str) -> tuple[int, str]:
             owner = Project(name=name, owner_kind="user", owner_name="bench")
             session.add(owner)
             session.flush()
-            model = Model(
-                project_id=owner.id,
-                name="iris",
-                crn=new_crn("model"),
-                file="model.py",
-                function="predict",
-                profile="small",
-                created_by="bench",
-            )
+            model = model_row(owner.id, user="bench")
             session.add(model)
             session.flush()
-            build = ModelBuild(
-                model_id=model.id,
-                number=1,
-                crn=new_crn("build"),
-                state="succeeded",
-                file="model.py",
-                function="predict",
-                created_by="bench",
-            )
+            build = build_row(model, user="bench")
             session.add(build)
             session.flush()
-            deployment = ModelDeployment(
-                model_id=model.id,
-                build_id=build.id,
-                number=1,
-                crn=new_crn("deployment"),
-                state="running",
-                replicas=1,
-                profile="small",
-                token_hash=secret_hash(TOKEN),
-                created_by="bench",
-            )
+            deployment = deployment_row(model.id, build.id, token=TOKEN, user="bench")
             session.add(deployment)
             session.commit()
             return deployment.id, deployment.crn

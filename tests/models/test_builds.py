@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from tests.models.rows import build_row, deployment_row, model_row
 from workbench_hub import audit
 from workbench_hub.db import Database
-from workbench_hub.models import new_crn
 from workbench_hub.models.builder import RESTART_LOST, ModelBuilder, outcome
 from workbench_hub.orm import Model, ModelBuild, ModelDeployment, Project
 from workbench_hub.runtime.base import WorkloadStatus
@@ -70,15 +70,7 @@ class BuildEnv:
         self, project_id: int, name: str = "echo", file: str = "model.py", function="predict"
     ) -> int:
         async with self.db.session() as s:
-            model = Model(
-                project_id=project_id,
-                name=name,
-                crn=new_crn("model"),
-                file=file,
-                function=function,
-                profile="small",
-                created_by="alice",
-            )
+            model = model_row(project_id, name=name, file=file, function=function)
             s.add(model)
             await s.commit()
             return model.id
@@ -87,17 +79,7 @@ class BuildEnv:
         """Add a queued build of the model (its file and function unless given)."""
         async with self.db.session() as s:
             model = await s.get(Model, model_id)
-            build = ModelBuild(
-                model_id=model.id,
-                number=model.next_build_number,
-                crn=new_crn("build"),
-                state="queued",
-                file=model.file,
-                function=model.function,
-                created_by="alice",
-            )
-            for key, value in fields.items():
-                setattr(build, key, value)
+            build = build_row(model, model.next_build_number, **{"state": "queued", **fields})
             model.next_build_number += 1
             s.add(build)
             await s.commit()
@@ -358,17 +340,7 @@ async def test_size_limits(make_env):
     model = await env.model(project)
     served = await env.queue(model, state="succeeded", path=str(env.tmp / "old-build"))
     async with env.db.session() as s:  # the deployment serving the model's previous build
-        deployment = ModelDeployment(
-            model_id=model,
-            build_id=served,
-            number=1,
-            crn=new_crn("deployment"),
-            state="running",
-            replicas=1,
-            profile="small",
-            token_hash="0" * 64,
-            created_by="alice",
-        )
+        deployment = deployment_row(model, served)
         s.add(deployment)
         await s.commit()
         before = {c.name: getattr(deployment, c.name) for c in ModelDeployment.__table__.columns}

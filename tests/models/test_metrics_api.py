@@ -10,9 +10,10 @@ from sqlalchemy.orm import Session
 
 from tests.hub import conftest as hub
 from tests.hub.conftest import Api, check_against_openapi, unique
+from tests.models.rows import build_row, deployment_row, model_row
 from workbench_hub.db import sync_url
-from workbench_hub.models import new_crn, secret_hash
-from workbench_hub.orm import Model, ModelBuild, ModelDeployment, ModelMetric, Project
+from workbench_hub.models import new_crn
+from workbench_hub.orm import ModelDeployment, ModelMetric, Project
 
 # the real workbench (SQLite, then PostgreSQL) and its API clients of tests/hub
 wb, admin, user = hub.wb, hub.admin, hub.user
@@ -26,44 +27,20 @@ class Deployment:
         self.engine = create_engine(sync_url(url))
         with Session(self.engine) as session:
             project_id = session.scalar(select(Project.id).where(Project.name == project))
-            model = Model(
-                project_id=project_id,
-                name=unique("model"),
-                crn=new_crn("model"),
-                file="model.py",
-                function="predict",
-                profile="small",
-                created_by="alice",
-            )
+            model = model_row(project_id, name=unique("model"))
             session.add(model)
             session.flush()
             self.model_crn = model.crn
             self.builds, self.deployments, self.tokens = [], [], []
             for b in range(builds):
-                build = ModelBuild(
-                    model_id=model.id,
-                    number=b + 1,
-                    crn=new_crn("build"),
-                    state="succeeded",
-                    file="model.py",
-                    function="predict",
-                    created_by="alice",
-                )
+                build = build_row(model, number=b + 1)
                 session.add(build)
                 session.flush()
                 self.builds.append(build.crn)
                 for _ in range(per_build):
                     token = f"deployment-token-{unique('t')}"
-                    deployment = ModelDeployment(
-                        model_id=model.id,
-                        build_id=build.id,
-                        number=len(self.deployments) + 1,
-                        crn=new_crn("deployment"),
-                        state="running",
-                        replicas=1,
-                        profile="small",
-                        token_hash=secret_hash(token),
-                        created_by="alice",
+                    deployment = deployment_row(
+                        model.id, build.id, number=len(self.deployments) + 1, token=token
                     )
                     session.add(deployment)
                     self.deployments.append(deployment.crn)

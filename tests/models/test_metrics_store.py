@@ -7,15 +7,16 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import delete, event, func, insert, select
 
+from tests.models.rows import build_row, deployment_row, model_row
 from workbench_hub.db import Database
-from workbench_hub.models import new_crn, secret_hash
+from workbench_hub.models import new_crn
 from workbench_hub.models.metrics_store import (
     DeploymentNotFound,
     MetricsInvalid,
     MetricsStore,
     PredictionNotFound,
 )
-from workbench_hub.orm import Model, ModelBuild, ModelDeployment, ModelMetric, Project
+from workbench_hub.orm import ModelDeployment, ModelMetric, Project
 
 #: 2023-11-14T22:13:20Z: a fixed base time for predictions
 BASE_MS = 1_700_000_000_000
@@ -37,40 +38,14 @@ async def seed_deployments(db: Database, count: int = 1, project: str = "demo") 
         owner = Project(name=project, owner_kind="user", owner_name="alice")
         session.add(owner)
         await session.flush()
-        model = Model(
-            project_id=owner.id,
-            name="iris",
-            crn=new_crn("model"),
-            file="model.py",
-            function="predict",
-            profile="small",
-            created_by="alice",
-        )
+        model = model_row(owner.id)
         session.add(model)
         await session.flush()
-        build = ModelBuild(
-            model_id=model.id,
-            number=1,
-            crn=new_crn("build"),
-            state="succeeded",
-            file="model.py",
-            function="predict",
-            created_by="alice",
-        )
+        build = build_row(model)
         session.add(build)
         await session.flush()
         deployments = [
-            ModelDeployment(
-                model_id=model.id,
-                build_id=build.id,
-                number=n + 1,
-                crn=new_crn("deployment"),
-                state="running",
-                replicas=1,
-                profile="small",
-                token_hash=secret_hash(f"token-{n}"),
-                created_by="alice",
-            )
+            deployment_row(model.id, build.id, number=n + 1, token=f"token-{n}")
             for n in range(count)
         ]
         session.add_all(deployments)
