@@ -143,16 +143,11 @@ class ModelApp:
     async def _model(self, scope, receive, send) -> None:
         """Cloudera's form: `{"accessKey": …, "request": …}`."""
         started = time.perf_counter()
-        body = await self._read_body(scope, receive)
-        if body is None:
-            return await self._too_large(send)
-        try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            return await respond(send, 400, error_body("the body is not JSON"))
-        if type(data) is not dict:
-            message = 'the body must be a JSON object: {"accessKey": "…", "request": …}'
-            return await respond(send, 400, error_body(message))
+        body, data = await self._json_object(
+            scope, receive, send, ': {"accessKey": "…", "request": …}'
+        )
+        if data is None:
+            return None
         key = data.get("accessKey")
         if not self.keys.valid(key):
             self.stats.unauthorized += 1
@@ -163,6 +158,22 @@ class ModelApp:
             return await respond(send, 400, error_body(message))
         await self._call(send, data["request"], MODEL, len(body), started)
 
+    async def _json_object(self, scope, receive, send, shape: str = ""):
+        """The body and its JSON object; ``(body, None)`` once an error has been answered."""
+        body = await self._read_body(scope, receive)
+        if body is None:
+            await self._too_large(send)
+            return None, None
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            await respond(send, 400, error_body("the body is not JSON"))
+            return body, None
+        if type(data) is not dict:
+            await respond(send, 400, error_body("the body must be a JSON object" + shape))
+            return body, None
+        return body, data
+
     async def _invocations(self, scope, receive, send) -> None:
         """MLflow's form: the key as a bearer token, the input in one of four fields."""
         started = time.perf_counter()
@@ -171,15 +182,9 @@ class ModelApp:
             self.stats.unauthorized += 1
             message = "invalid access key" if key else "send the access key: Authorization: Bearer"
             return await respond(send, 401, error_body(message))
-        body = await self._read_body(scope, receive)
-        if body is None:
-            return await self._too_large(send)
-        try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            return await respond(send, 400, error_body("the body is not JSON"))
-        if type(data) is not dict:
-            return await respond(send, 400, error_body("the body must be a JSON object"))
+        body, data = await self._json_object(scope, receive, send)
+        if data is None:
+            return None
         for field in INVOCATION_FIELDS:
             if field in data:
                 return await self._call(send, data[field], INVOCATIONS, len(body), started)
