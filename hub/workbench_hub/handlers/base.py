@@ -147,6 +147,29 @@ class APIHandler(HubOAuthenticated, web.RequestHandler):
             )
         return project, role
 
+    async def project_item(
+        self, session, project_name: str, table, name: str, need: Role, action: str
+    ) -> tuple[Project, object, Role]:
+        """A named object of a project (a Job, a Model…) and the caller's role on the project.
+
+        404 if the project is hidden or the object missing, 403 (audited) if the role is too low.
+        """
+        project, role = await self.project_for(session, project_name, Role.VIEWER, "viewing")
+        item = await session.scalar(
+            select(table).where(table.project_id == project.id, table.name == name)
+        )
+        kind = table.__name__.lower()
+        if item is None:
+            raise APIError(404, f"no {kind} {name!r} in project {project_name!r}")
+        if role < need:
+            await self.audit_denied(action, kind, f"{project_name}/{name}", {"role": role.label})
+            raise APIError(
+                403,
+                f"your role on project {project_name!r} is {role.label}; {action} needs"
+                f" {need.label}",
+            )
+        return project, item, role
+
     async def project_listing(self) -> tuple[list[dict], str]:
         """The projects the caller has a role on, as JSON objects and as the list's body."""
 

@@ -63,22 +63,7 @@ class JobsAPIHandler(APIHandler):
         self, session, project_name: str, job_name: str, need: Role, action: str
     ) -> tuple[Project, Job, Role]:
         """Project, job and the caller's role: 404 if hidden or missing, 403 if too low."""
-        project, role = await self.project_for(session, project_name, Role.VIEWER, "viewing")
-        job = await session.scalar(
-            select(Job).where(Job.project_id == project.id, Job.name == job_name)
-        )
-        if job is None:
-            raise APIError(404, f"no job {job_name!r} in project {project_name!r}")
-        if role < need:
-            await self.audit_denied(
-                action, "job", f"{project_name}/{job_name}", {"role": role.label}
-            )
-            raise APIError(
-                403,
-                f"your role on project {project_name!r} is {role.label}; {action} needs"
-                f" {need.label}",
-            )
-        return project, job, role
+        return await self.project_item(session, project_name, Job, job_name, need, action)
 
     async def job_names(self, session, project_id: int) -> dict[int, str]:
         rows = await session.execute(select(Job.id, Job.name).where(Job.project_id == project_id))

@@ -101,22 +101,7 @@ class ModelsAPIHandler(APIHandler):
         self, session, project_name: str, model_name: str, need: Role, action: str
     ) -> tuple[Project, Model, Role]:
         """Project, model and role: 404 if hidden or missing, 403 if the role is too low."""
-        project, role = await self.project_for(session, project_name, Role.VIEWER, "viewing")
-        model = await session.scalar(
-            select(Model).where(Model.project_id == project.id, Model.name == model_name)
-        )
-        if model is None:
-            raise APIError(404, f"no model {model_name!r} in project {project_name!r}")
-        if role < need:
-            await self.audit_denied(
-                action, "model", f"{project_name}/{model_name}", {"role": role.label}
-            )
-            raise APIError(
-                403,
-                f"your role on project {project_name!r} is {role.label}; {action} needs"
-                f" {need.label}",
-            )
-        return project, model, role
+        return await self.project_item(session, project_name, Model, model_name, need, action)
 
     async def current_deployment(self, session, model: Model) -> ModelDeployment | None:
         """The newest active deployment, else the newest one."""
