@@ -326,6 +326,21 @@ def test_control_plane_restart_keeps_models_serving(wb, api, deployed):
     assert set(replica_processes(wb)) == before
     assert api.get("/projects/iris/models/classifier").json()["deployment"]["ready_replicas"] == 2
     assert call(wb, deployed["key"]["key"], sample).status_code == 200
+    # a replica started by the new control plane holds a valid token too: it becomes ready
+    name, victim = sorted(replica_processes(wb).items())[0]
+    victim.send_signal(signal.SIGKILL)
+    wait_for(
+        lambda: len(now := replica_processes(wb)) == 2 and name not in now,
+        60,
+        "a replacement replica",
+    )
+    wait_for(
+        lambda: (
+            api.get("/projects/iris/models/classifier").json()["deployment"]["ready_replicas"] == 2
+        ),
+        60,
+        "the replacement to be ready",
+    )
 
 
 def test_a_cloudera_monitoring_script_runs_unchanged(wb, api, deployed, monkeypatch):

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import httpx
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
-from traitlets import Any, Bool, Float, Instance, Int, Unicode
+from traitlets import Any, Bool, Float, Instance, Int, TraitError, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from workbench_hub.models import ACTIVE_DEPLOYMENT_STATES, secret_hash
@@ -145,6 +145,16 @@ class ModelSupervisor(LoggingConfigurable):
         help="Public URL of the hub (for model URLs). Default: the service's public_hub_url."
     ).tag(config=True)
 
+    token_secret = Unicode(
+        help="""Secret from which each deployment's replica token is derived (HMAC of its CRN),
+        so that replicas started before and after a control plane restart hold valid tokens.
+        Default: the service's hub API token ($JUPYTERHUB_API_TOKEN).""",
+    ).tag(config=True)
+
+    @default("token_secret")
+    def _token_secret_default(self) -> str:
+        return os.environ.get("JUPYTERHUB_API_TOKEN", "")
+
     routes = Instance(ProxyRoutes, allow_none=True)
 
     def __init__(self, **kwargs) -> None:
@@ -154,6 +164,11 @@ class ModelSupervisor(LoggingConfigurable):
             self.control_url = f"http://127.0.0.1:{service.port}{service.service_prefix}api/v1"
         if not self.public_url and service is not None:
             self.public_url = service.public_hub_url
+        if not self.token_secret:
+            raise TraitError(
+                "ModelSupervisor.token_secret is empty: run the control plane as a JupyterHub"
+                " service (JUPYTERHUB_API_TOKEN) or set it"
+            )
         if self.routes is None:
             self.routes = ProxyRoutes(parent=self)
         self.stats = DeploymentStats()
@@ -166,22 +181,17 @@ class ModelSupervisor(LoggingConfigurable):
         self._loop_task: asyncio.Task | None = None
         self._wake = asyncio.Event()
         self._http = httpx.AsyncClient(timeout=self.health_timeout)
-        self._secret = self._token_secret()
         # access keys: a version per model, answered to the replicas' long polls
         self._boot = secrets.randbelow(2**30)
         self._key_versions: dict[int, int] = {}
         self._key_changed: dict[int, asyncio.Event] = {}
 
-    def _token_secret(self) -> bytes:
-        service = self.parent
-        token = getattr(getattr(service, "hub_auth", None), "api_token", "") if service else ""
-        return (token or secrets.token_hex(32)).encode()
-
     # ---- public API used by the handlers
 
     def deployment_token(self, crn: str) -> str:
         """The secret a deployment's replicas present; derived, so it survives restarts."""
-        return hmac.new(self._secret, b"deployment:" + crn.encode(), hashlib.sha256).hexdigest()
+        secret = self.token_secret.encode()
+        return hmac.new(secret, b"deployment:" + crn.encode(), hashlib.sha256).hexdigest()
 
     def deployment_token_hash(self, crn: str) -> str:
         return secret_hash(self.deployment_token(crn))
