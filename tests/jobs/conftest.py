@@ -126,7 +126,7 @@ class JobsEnv:
                 ).all()
             )
 
-    async def settle(self, check, timeout: float = 30):
+    async def settle(self, check, timeout: float = 90):
         """Tick the engine until `await check()` is truthy; return its value."""
         deadline = time.monotonic() + timeout
         while True:
@@ -138,7 +138,7 @@ class JobsEnv:
                 raise AssertionError(f"condition not reached in {timeout}s")
             await asyncio.sleep(0.05)
 
-    async def ended(self, run_id: int, timeout: float = 30) -> JobRun:
+    async def ended(self, run_id: int, timeout: float = 90) -> JobRun:
         """Tick until the run has ended and its processes and follow-ups are done."""
 
         async def check():

@@ -351,7 +351,7 @@ async def test_logs_follow_streams_while_the_run_goes(env):
     job = await env.job(project, "slow", "slow.py", env={"GREETING": "hi"})
     run = await env.engine.trigger(job, user="alice")
     lines = env.engine.logs(run, follow=True)
-    ticking = asyncio.create_task(env.settle(lambda: asyncio.sleep(0, False), timeout=30))
+    ticking = asyncio.create_task(env.settle(lambda: asyncio.sleep(0, False), timeout=90))
     try:
         assert await asyncio.wait_for(anext(lines), 10) == "line 1"
         assert (await env.run(run.id)).state == "running"
