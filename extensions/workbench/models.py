@@ -15,7 +15,7 @@ import time
 from urllib.parse import quote
 
 from .errors import NotInSessionError, WorkbenchError
-from .resources import _project_path, _Resource
+from .resources import _project_path, _ProjectAPI, _Resource
 
 __all__ = ["Model", "Models", "call_model", "deploy", "get", "list"]
 
@@ -23,20 +23,11 @@ BUILD_END_STATES = ("succeeded", "failed")
 DEPLOYMENT_END_STATES = ("running", "failed", "stopped", "superseded")
 
 
-class Models:
+class Models(_ProjectAPI):
     """Models API of a Client: the models of the client's project (or of `project=`)."""
 
     #: seconds between polls of a build or deployment, growing to the second value
     poll_interval = (0.25, 2.0)
-
-    def __init__(self, client):
-        self._client = client
-
-    def _project(self, project):
-        project = project or self._client.project
-        if not project:
-            raise NotInSessionError("WORKBENCH_PROJECT")
-        return project
 
     def list(self, project=None):
         """Every model of the project, as Model objects."""

@@ -24,8 +24,8 @@ class Projects:
 FINAL_STATES = ("succeeded", "failed", "timed_out", "stopped")
 
 
-class Jobs:
-    """Jobs API of a Client: the jobs of the client's project (or of `project=`)."""
+class _ProjectAPI:
+    """Base of a Client's per-project APIs: the client's project unless `project=` is given."""
 
     def __init__(self, client):
         self._client = client
@@ -35,6 +35,10 @@ class Jobs:
         if not project:
             raise NotInSessionError("WORKBENCH_PROJECT")
         return project
+
+
+class Jobs(_ProjectAPI):
+    """Jobs API of a Client: the jobs of the client's project (or of `project=`)."""
 
     def list(self, project=None):
         """Every job of the project, as Job objects, by name."""
