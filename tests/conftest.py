@@ -1,5 +1,6 @@
 """Fixtures shared by every test package: a real PostgreSQL server and real workbenches."""
 
+import os
 import shutil
 
 import pytest
@@ -56,3 +57,48 @@ def workbench_factory():
     yield start
     for wb in started:
         wb.stop()
+
+
+class KubeTarget:
+    """The Kubernetes API a ``k8s`` test talks to: the test double or a real cluster."""
+
+    def __init__(self, kubeconfig: str, host: str | None, double=None):
+        self.kubeconfig = kubeconfig
+        self.host = host  # KubeSpawner's k8s_api_host (None: from the kubeconfig)
+        self.double = double  # tests.kubeapi.KubeAPIDouble, None on a real cluster
+
+    async def configuration(self):
+        """A kubernetes_asyncio Configuration for this API server."""
+        from kubernetes_asyncio.client import Configuration
+        from kubernetes_asyncio.config import load_kube_config
+
+        configuration = Configuration()
+        await load_kube_config(config_file=self.kubeconfig, client_configuration=configuration)
+        return configuration
+
+
+@pytest.fixture(params=["double", "cluster"])
+async def kube(request, tmp_path, monkeypatch):
+    """The Kubernetes API server of a ``k8s`` test.
+
+    ``double``: the API test double of tests/kubeapi (always). ``cluster``: the cluster that
+    $KUBECONFIG points at, only when it is set (skipped otherwise); see docs/kubernetes.md.
+    """
+    if request.param == "cluster":
+        kubeconfig = os.environ.get("KUBECONFIG")
+        if not kubeconfig:
+            pytest.skip("set KUBECONFIG to run the k8s tests against a real cluster")
+        yield KubeTarget(kubeconfig, None)
+        return
+    from kubernetes_asyncio.config import kube_config
+
+    from tests.kubeapi import KubeAPIDouble, host_command_exists
+
+    double = KubeAPIDouble(execute=host_command_exists)
+    await double.start()
+    kubeconfig = str(double.write_kubeconfig(tmp_path / "kubeconfig"))
+    # kubernetes_asyncio reads $KUBECONFIG once, at import
+    monkeypatch.setenv("KUBECONFIG", kubeconfig)
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", kubeconfig)
+    yield KubeTarget(kubeconfig, double.url, double)
+    await double.stop()

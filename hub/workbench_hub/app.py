@@ -306,6 +306,7 @@ class WorkbenchService(Application):
         openapi_document()
         self.hub = HubClient(cache_seconds=self.hub_cache_seconds)
         self.runtime = self._make_runtime()
+        await self.runtime.open()
         self.engine = JobEngine(
             parent=self,
             db=self.db,
@@ -346,6 +347,7 @@ class WorkbenchService(Application):
         await self.builder.stop()
         await self.metrics_store.stop()
         await self.engine.stop()
+        await self.runtime.close()
         await self.hub.close()
         await self.db.dispose()
 

@@ -1,7 +1,8 @@
 """`python -m workbench_serving`: one replica of a model deployment (docs/models.md).
 
-Run in the build's source directory. Listens on 127.0.0.1 at `WORKBENCH_PORT_HTTP`; talks to
-the control plane with the secret in `WORKBENCH_DEPLOYMENT_TOKEN`. A synchronous function runs
+Run in the build's source directory. Listens on 127.0.0.1 (a pod's IP in a pod) at
+`WORKBENCH_PORT_HTTP`; talks to the control plane with the secret in
+`WORKBENCH_DEPLOYMENT_TOKEN`. A synchronous function runs
 in `--threads` worker threads (default 1); with one thread, once it has proved fast it is
 called on the event loop's thread when that is cheaper (runner.SyncRunner), unless
 `--no-inline` (always the worker thread). Exit status: 0 after a graceful stop
@@ -14,6 +15,7 @@ import gc
 import logging
 import os
 import signal
+import socket
 import sys
 
 from .loader import ModelLoadError, load_function
@@ -33,7 +35,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--prefix", default="", help="URL prefix, e.g. /models/<project>/<model>")
     parser.add_argument("--control-url", required=True, help="the control plane's API base URL")
     parser.add_argument("--deployment-crn", required=True, help="the deployment's CRN")
-    parser.add_argument("--replica", required=True, help="this replica's workload name")
+    parser.add_argument(
+        "--replica",
+        default=socket.gethostname(),
+        help="this replica's workload name (default: the host name, a pod's name)",
+    )
     parser.add_argument(
         "--max-body-bytes",
         type=_positive,
@@ -58,7 +64,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_false",
         help="never call a fast synchronous function on the event loop's thread",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument(
+        "--host",
+        default=os.environ.get("WORKBENCH_POD_IP") or "127.0.0.1",
+        help="address to listen on (default: the pod's IP in a pod, else 127.0.0.1)",
+    )
     return parser.parse_args(argv)
 
 

@@ -5,60 +5,22 @@ import os
 import shlex
 import sys
 
-from jupyterhub.spawner import SimpleLocalProcessSpawner, SpawnException
-from jupyterhub.utils import random_port, url_path_join
-from traitlets import Bool, Float, Unicode, default
+from jupyterhub.spawner import SimpleLocalProcessSpawner
+from jupyterhub.utils import random_port
+from traitlets import Bool, Float, default
 
 from . import limits
-from .client import ProjectAccess, SpawnOptions, WorkbenchAPIError, WorkbenchClient
-from .form import options_from_form, render_form
 from .prewarm import PrewarmError, shared_server
-from .profiles import Profile, ProfileError, select_profile
-
-DEFAULT_SERVER_MESSAGE = (
-    "Sessions run per project: start a named server whose name is the project's name "
-    "(from the Workbench, or /hub/spawn/<user>/<project>)."
-)
+from .session import WorkbenchSpawnerMixin
 
 
-async def workbench_options_form(spawner: "WorkbenchLocalSpawner") -> str:
-    """The spawn form for `spawner`'s server, from the user's current spawn-options."""
-    options = await spawner.fetch_spawn_options()
-    spawn_url = url_path_join(spawner.hub.base_url, "spawn", spawner.user.escaped_name)
-    return render_form(spawner.name, options, spawn_url)
-
-
-def user_options_applied_in_start(spawner: "WorkbenchLocalSpawner", user_options: dict) -> None:
-    """Nothing to do before start: ``start()`` checks and applies ``project`` and ``profile``
-    against fresh spawn-options (this hook only stops JupyterHub warning they are unhandled)."""
-
-
-class WorkbenchLocalSpawner(SimpleLocalProcessSpawner):
+class WorkbenchLocalSpawner(WorkbenchSpawnerMixin, SimpleLocalProcessSpawner):
     """Start a workbench session: JupyterLab in the project directory, with the project's
     role and the chosen resource profile applied.
 
     Every session runs as the hub's own unix user (embedded mode has no system users), so the
     limits are guard rails against accidents, not isolation between users.
     """
-
-    workbench_api_url = Unicode(
-        "",
-        help="""Base URL of the control plane API as the hub reaches it, e.g.
-        ``http://127.0.0.1:8081/services/workbench/api/v1``. Used for spawn-options and audit
-        events. Set by the workbench hub configuration.""",
-    ).tag(config=True)
-
-    workbench_api_token = Unicode(
-        "",
-        help="""API token of the ``workbench`` service, sent to the control plane to read a
-        user's spawn-options and to record audit events. Never logged.""",
-    ).tag(config=True)
-
-    public_api_url = Unicode(
-        help="""Control plane API URL as sessions reach it, given to them as
-        ``WORKBENCH_API_URL`` and ``CDSW_API_URL``, e.g.
-        ``http://127.0.0.1:8000/services/workbench/api/v1``. Defaults to `workbench_api_url`.""",
-    ).tag(config=True)
 
     enforce_limits = Bool(
         True,
@@ -78,23 +40,6 @@ class WorkbenchLocalSpawner(SimpleLocalProcessSpawner):
         `popen_kwargs` is set; when False, or when the prewarm server fails, sessions are
         started the normal way. See docs/sessions.md.""",
     ).tag(config=True)
-
-    project = Unicode("", help="Project of the running session (kept in the spawner state).")
-    profile = Unicode("", help="Resource profile of the running session (kept in the state).")
-
-    @default("public_api_url")
-    def _default_public_api_url(self):
-        return self.workbench_api_url
-
-    @default("server_token_scopes")
-    def _default_server_token_scopes(self):
-        return [
-            "users:activity!user",
-            "access:servers!server",
-            "read:servers!user",
-            "access:services!service=workbench",
-            "custom:workbench:use",
-        ]
 
     @default("cmd")
     def _default_cmd(self):
@@ -120,71 +65,6 @@ class WorkbenchLocalSpawner(SimpleLocalProcessSpawner):
     def _default_http_timeout(self):
         return 60
 
-    @default("options_form")
-    def _default_options_form(self):
-        return workbench_options_form
-
-    @default("apply_user_options")
-    def _default_apply_user_options(self):
-        return user_options_applied_in_start
-
-    @default("options_from_form")
-    def _default_options_from_form(self):
-        return options_from_form
-
-    _access: ProjectAccess | None = None
-    _resources: Profile | None = None
-    _audit_task: asyncio.Task | None = None
-
-    def _client(self) -> WorkbenchClient:
-        if not self.workbench_api_url:
-            raise SpawnException(
-                "The workbench is misconfigured: WorkbenchLocalSpawner.workbench_api_url is unset.",
-                reason="misconfigured",
-                status_code=500,
-            )
-        return WorkbenchClient(self.workbench_api_url, self.workbench_api_token)
-
-    async def fetch_spawn_options(self) -> SpawnOptions:
-        """The user's projects and profiles, as the control plane says now."""
-        try:
-            return await self._client().spawn_options(self.user.name)
-        except WorkbenchAPIError as e:
-            raise SpawnException(
-                f"Cannot read your projects from the workbench: {e.message}",
-                reason="workbench_unavailable",
-                status_code=503,
-            ) from None
-
-    def _option(self, key: str) -> str:
-        value = self.user_options.get(key) or ""
-        if not isinstance(value, str):
-            raise SpawnException(f"{key} must be a name, got {value!r}", reason="user_options")
-        return value
-
-    async def _authorize(self) -> tuple[ProjectAccess, Profile]:
-        """Check the request against fresh spawn-options; the refusal says what to do."""
-        if not self.name:
-            raise SpawnException(DEFAULT_SERVER_MESSAGE, reason="default_server")
-        requested = self._option("project") or self.name
-        if requested != self.name:
-            raise SpawnException(
-                f"A session's server name is its project name: server {self.name!r} "
-                f"cannot run project {requested!r}.",
-                reason="project_mismatch",
-            )
-        options = await self.fetch_spawn_options()
-        access = options.project(self.name)
-        if access is None:
-            raise SpawnException(
-                f"You have no role on project {self.name}", reason="no_role", status_code=403
-            )
-        try:
-            profile = select_profile(list(options.profiles), self._option("profile"))
-        except ProfileError as e:
-            raise SpawnException(str(e), reason="profile", status_code=403) from None
-        return access, profile
-
     def _cpus(self) -> set[int]:
         return limits.choose_cpus(self._resources.cores, f"{self.user.name}/{self._access.name}")
 
@@ -198,8 +78,7 @@ class WorkbenchLocalSpawner(SimpleLocalProcessSpawner):
         if address is None:
             address = await super().start()
         await self._wait_listening(*address)
-        self.project, self.profile = self._access.name, self._resources.name
-        self._audit_task = asyncio.create_task(self._audit("session.started"))
+        self._session_started()
         return address
 
     def _prewarm_module(self) -> str | None:
@@ -252,29 +131,6 @@ class WorkbenchLocalSpawner(SimpleLocalProcessSpawner):
             writer.close()
             return
 
-    async def stop(self, now=False):
-        """Stop the process; record ``session.stopped`` if this session had started."""
-        await super().stop(now=now)
-        if not self.project:
-            return
-        if self._audit_task is not None:
-            await self._audit_task
-        await self._audit("session.stopped")
-        self.project = self.profile = ""
-
-    async def _audit(self, action: str) -> None:
-        """Post an audit event; a failure is logged and never stops a session."""
-        try:
-            await self._client().audit(
-                actor=self.user.name,
-                action=action,
-                object_type="session",
-                object_id=f"{self.user.name}/{self.project}",
-                detail={"profile": self.profile},
-            )
-        except (WorkbenchAPIError, SpawnException) as e:
-            self.log.warning("Could not record %s for %s: %s", action, self._log_name, e)
-
     def get_args(self):
         """JupyterLab arguments: the workbench extension, no terminals when read-only."""
         args = [*super().get_args(), "--ServerApp.jpserver_extensions=workbench_lab=True"]
@@ -288,14 +144,7 @@ class WorkbenchLocalSpawner(SimpleLocalProcessSpawner):
     def get_env(self):
         """JupyterHub's environment plus the workbench variables of docs/architecture.md."""
         env = super().get_env()
-        env.update(
-            WORKBENCH_API_URL=self.public_api_url,
-            WORKBENCH_PROJECT=self._access.name,
-            WORKBENCH_TOKEN=self.api_token,
-            WORKBENCH_READ_ONLY="1" if self._access.read_only else "0",
-            CDSW_PROJECT=self._access.name,
-            CDSW_API_URL=self.public_api_url,
-        )
+        env.update(self.workbench_env())
         if self.enforce_limits:
             env.update(limits.limits_env(self._resources, self._cpus()))
         return env
@@ -306,16 +155,3 @@ class WorkbenchLocalSpawner(SimpleLocalProcessSpawner):
         if not self.enforce_limits:
             return prepare_home
         return limits.make_limits_preexec(self._resources.memory, self._cpus(), prepare_home)
-
-    def get_state(self):
-        """JupyterHub's state plus the running session's project and profile."""
-        state = super().get_state()
-        if self.project:
-            state.update(project=self.project, profile=self.profile)
-        return state
-
-    def load_state(self, state):
-        """Restore the running session's project and profile after a hub restart."""
-        super().load_state(state)
-        self.project = state.get("project", "")
-        self.profile = state.get("profile", "")

@@ -5,8 +5,8 @@ import copy
 import kubernetes_validate
 import pytest
 
-from workbench_spawner import k8s_namespace as ns
-from workbench_spawner.k8s_namespace import is_dns_label
+from workbench_hub.kube import namespace_objects as ns
+from workbench_hub.kube.namespace_objects import is_dns_label
 
 # Oldest and newest Kubernetes versions we support.
 VERSIONS = ["1.30.0", "1.37.0"]

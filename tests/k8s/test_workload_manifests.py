@@ -7,8 +7,7 @@ Kubernetes we support (1.30 and 1.37), which reject unknown or misspelled fields
 import kubernetes_validate
 import pytest
 
-from workbench_hub.runtime.base import Resources, VolumeMount, WorkloadSpec
-from workbench_hub.runtime.k8s_objects import (
+from workbench_hub.kube.workload_objects import (
     POD_IP_ENV,
     WORKLOAD_LABEL,
     make_autoscaler,
@@ -16,6 +15,7 @@ from workbench_hub.runtime.k8s_objects import (
     make_job,
     make_service,
 )
+from workbench_hub.runtime.base import Resources, VolumeMount, WorkloadSpec
 
 VERSIONS = ["1.30.0", "1.37.0"]
 IMAGE = "ghcr.io/example/workbench-session:1"

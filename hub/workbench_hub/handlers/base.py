@@ -183,6 +183,17 @@ class APIHandler(HubOAuthenticated, web.RequestHandler):
         """Call after committing a change to projects or collaborators."""
         self.settings["listing_cache"].clear()
 
+    async def revoke_project_access(self, project: str, user: str | None = None) -> None:
+        """Take ``user``'s (None: everyone's) access to ``project``'s files away in the runtime
+        (Kubernetes: project volumes) before the database forgets it; 503 if it cannot."""
+        try:
+            await self.service.runtime.project_access_removed(project, user)
+        except Exception as e:
+            self.log.error("Could not revoke access to %s (%s): %s", project, user or "all", e)
+            raise APIError(
+                503, f"could not remove access to the files of {project!r}: try again"
+            ) from None
+
     async def _visible_projects(self) -> list[dict]:
         async with self.db.session() as session:
             # plain rows, not ORM objects: this is the hottest read of the API

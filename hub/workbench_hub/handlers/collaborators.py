@@ -72,6 +72,7 @@ class CollaboratorHandler(APIHandler):
                 object_id=name,
                 detail={"user": user, "previous_role": collaborator.role},
             )
+            await self.revoke_project_access(name, user)
             await session.commit()
         self.projects_changed()
         self.set_status(204)

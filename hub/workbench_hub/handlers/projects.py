@@ -201,6 +201,7 @@ class ProjectHandler(APIHandler):
                 400, f"to delete project {name!r}, add ?confirm={name} to the URL", "confirm"
             )
         stopped = await self._remove_sessions(name)
+        await self.revoke_project_access(name)
         await remove_project_dir(self.service.project_root, name)
         async with self.db.session() as session:
             project = await session.get(Project, project.id)

@@ -1162,6 +1162,7 @@ class JobEngine(LoggingConfigurable):
                 working_dir=working_dir,
                 env=env,
                 resources=execution.profile_resources(profile),
+                timeout_seconds=job.timeout_seconds,
             )
             status = await self.runtime.start(spec)
         except ValueError as e:

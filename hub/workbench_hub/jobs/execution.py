@@ -75,6 +75,7 @@ def make_run_spec(
     working_dir: str,
     env: dict[str, str],
     resources: Resources | None = None,
+    timeout_seconds: int | None = None,
 ) -> WorkloadSpec:
     """The WorkloadSpec of a job run, labelled with its run id and job name."""
     return WorkloadSpec(
@@ -87,6 +88,7 @@ def make_run_spec(
         env=env,
         resources=resources or Resources(),
         labels={RUN_LABEL: str(run_id), JOB_LABEL: job},
+        timeout_seconds=timeout_seconds,
     )
 
 

@@ -29,6 +29,7 @@ from workbench_hub.runtime.base import (
     KIND_LABEL,
     LABEL_PREFIX,
     Resources,
+    VolumeMount,
     WorkloadNotFound,
     WorkloadSpec,
     WorkloadStatus,
@@ -105,6 +106,7 @@ def make_build_spec(
     working_dir: str,
     env: dict[str, str],
     resources: Resources,
+    volumes: list[VolumeMount] | None = None,
 ) -> WorkloadSpec:
     """The WorkloadSpec of a build, labelled with its build id, model id and number."""
     return WorkloadSpec(
@@ -116,6 +118,7 @@ def make_build_spec(
         working_dir=working_dir,
         env=env,
         resources=resources,
+        volumes=list(volumes or []),
         labels={BUILD_LABEL: str(build_id), MODEL_LABEL: str(model_id), NUMBER_LABEL: str(number)},
     )
 
@@ -446,7 +449,8 @@ class ModelBuilder(LoggingConfigurable):
                 build.id, "failed", f"the directory of project {project.name} no longer exists"
             )
             return False
-        await self._io(lambda: Path(self.build_dir).mkdir(parents=True, exist_ok=True))
+        # the build's own directory exists before it starts: a runtime mounts it (and only it)
+        await self._io(lambda: Path(build.path).mkdir(parents=True, exist_ok=True))
         command = build_command(
             python=self.python,
             project_dir=str(project_dir),
@@ -470,6 +474,7 @@ class ModelBuilder(LoggingConfigurable):
                 working_dir=str(project_dir),
                 env={**self.env, "PYTHONUNBUFFERED": "1"},
                 resources=self._resources(),
+                volumes=[VolumeMount(source=build.path, target=build.path)],
             )
             await self.runtime.start(spec)
         except ValueError as e:

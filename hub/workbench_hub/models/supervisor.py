@@ -34,7 +34,9 @@ from workbench_hub.runtime.base import (
     ACTIVE_PHASES,
     KIND_LABEL,
     LABEL_PREFIX,
+    ReplicatedStatus,
     Resources,
+    VolumeMount,
     WorkloadSpec,
     WorkloadStatus,
 )
@@ -71,6 +73,17 @@ class _Replica:
     def url(self) -> str | None:
         endpoint = self.status.endpoints.get("http")
         return f"http://{endpoint}" if endpoint else None
+
+
+def _replica_pod(status: WorkloadStatus) -> _Replica:
+    """A replica of a replicated workload (no slot: the runtime numbers nothing)."""
+    return _Replica(
+        name=status.name,
+        deployment_id=int(status.labels.get(DEPLOYMENT_LABEL, 0)),
+        generation=int(status.labels.get(GENERATION_LABEL, 0)),
+        slot=-1,
+        status=status,
+    )
 
 
 def _replica(status: WorkloadStatus) -> _Replica | None:
@@ -222,7 +235,11 @@ class ModelSupervisor(LoggingConfigurable):
         return replica in self._ready
 
     async def replicas_of(self, deployment_id: int) -> list[WorkloadStatus]:
-        workloads = await self.runtime.list({DEPLOYMENT_LABEL: str(deployment_id)})
+        selector = {DEPLOYMENT_LABEL: str(deployment_id)}
+        if self.runtime.manages_rollouts:
+            workloads = await self.runtime.list_replicas(selector)
+        else:
+            workloads = await self.runtime.list(selector)
         return sorted(workloads, key=lambda w: w.created)
 
     # ---- loop
@@ -295,27 +312,81 @@ class ModelSupervisor(LoggingConfigurable):
                     .order_by(ModelDeployment.number)
                 )
             ).all()
-        replicas = [
-            r
-            for r in map(_replica, await self.runtime.list({KIND_LABEL: "model-replica"}))
-            if r is not None
-        ]
-        await self._check_health([r for r in replicas if r.status.phase == "running"])
         by_model: dict[int, list[ModelDeployment]] = {}
         for deployment in active:
             by_model.setdefault(deployment.model_id, []).append(deployment)
-        wanted: set[str] = set()
-        for model in models:
-            wanted |= await self._reconcile_model(model, by_model.get(model.id, []), replicas)
-        for replica in replicas:
-            if replica.name not in wanted:
-                self._retire(replica)
+        if self.runtime.manages_rollouts:
+            await self._reconcile_rollouts(models, by_model)
+        else:
+            await self._reconcile_replicas(models, by_model)
         routed_prefixes = {model_prefix(m.project.name, m.name) for m in models}
         for prefix in list(self._routed):
             if prefix not in routed_prefixes:
                 await self._set_route(prefix, [])
         if verify_routes and self.routes.enabled:
             await self._verify_routes()
+
+    async def _reconcile_replicas(
+        self, models: list[Model], by_model: dict[int, list[ModelDeployment]]
+    ) -> None:
+        """Replica by replica: the supervisor starts, checks, routes and retires each one."""
+        replicas = [
+            r
+            for r in map(_replica, await self.runtime.list({KIND_LABEL: "model-replica"}))
+            if r is not None
+        ]
+        await self._check_health([r for r in replicas if r.status.phase == "running"])
+        wanted: set[str] = set()
+        for model in models:
+            wanted |= await self._reconcile_model(model, by_model.get(model.id, []), replicas)
+        for replica in replicas:
+            if replica.name not in wanted:
+                self._retire(replica)
+
+    async def _reconcile_rollouts(
+        self, models: list[Model], by_model: dict[int, list[ModelDeployment]]
+    ) -> None:
+        """A runtime that rolls out itself (Kubernetes): one replicated workload per model,
+        re-applied with the newest active deployment; the runtime keeps the old replicas
+        serving until the new ones are ready. A deployment not rolled out in time is marked
+        failed, and the next pass re-applies the one it was replacing (a rollback)."""
+        existing = {
+            w.name: w for w in await self.runtime.list_replicated({KIND_LABEL: "model-replica"})
+        }
+        wanted: set[str] = set()
+        now = time.monotonic()
+        for model in models:
+            deployments = by_model.get(model.id, [])
+            target = deployments[-1]
+            name = f"model-{model.id}"
+            wanted.add(name)
+            prefix = model_prefix(model.project.name, model.name)
+            since = self._deploying_since.setdefault(target.id, now)
+            try:
+                spec = await self._replica_spec(model, target, name, None)
+                status: ReplicatedStatus = await self.runtime.apply_replicated(
+                    spec, target.replicas
+                )
+            except ValueError as exc:
+                await self._finish_deployment(target, "failed", str(exc))
+                continue
+            if status.rolled_out:
+                await self._mark_running(target, [d for d in deployments if d is not target])
+            elif target.state == "deploying" and now - since > self.ready_timeout:
+                await self._finish_deployment(
+                    target, "failed", f"not rolled out after {self.ready_timeout:.0f} s"
+                )
+            # during a rollout the endpoint balances over the old replicas until new ones are ready
+            serving = status.ready > 0 or target.state == "running" or len(deployments) > 1
+            targets = [f"http://{status.endpoint}"] if status.endpoint and serving else []
+            await self._set_route(prefix, targets)
+        for name in existing.keys() - wanted:
+            await self.runtime.remove_replicated(name)
+        # each replica's own health, for the API's replica lists and ready counts
+        replicas = await self.runtime.list_replicas({KIND_LABEL: "model-replica"})
+        await self._check_health(
+            [r for r in map(_replica_pod, replicas) if r.status.phase == "running"]
+        )
 
     async def _check_health(self, replicas: list[_Replica]) -> None:
         async def check(replica: _Replica) -> None:
@@ -419,8 +490,27 @@ class ModelSupervisor(LoggingConfigurable):
         return lines[-1] if lines else f"exit code {replica.status.exit_code}"
 
     async def _start_replica(self, model: Model, deployment: ModelDeployment, slot: int) -> None:
-        build = deployment.build
         name = f"mdl-{deployment.id}-{deployment.generation}-{slot}-{secrets.token_hex(3)}"
+        try:
+            spec = await self._replica_spec(model, deployment, name, slot)
+            await self.runtime.start(spec)
+        except ValueError as exc:
+            slot_state = self._slots.setdefault(
+                (deployment.id, deployment.generation, slot), _Slot()
+            )
+            slot_state.failures += 1
+            slot_state.last_error = str(exc)
+            slot_state.not_before = time.monotonic() + self.backoff_max
+            self.log.error("Cannot start a replica of %s: %s", deployment.crn, exc)
+        else:
+            self.log.info("Started replica %s of %s", name, deployment.crn)
+
+    async def _replica_spec(
+        self, model: Model, deployment: ModelDeployment, name: str, slot: int | None
+    ) -> WorkloadSpec:
+        """What a replica runs. ``slot`` None: the spec of a whole replicated workload, whose
+        replicas name themselves after their host (a pod's name)."""
+        build = deployment.build
         prefix = model_prefix(model.project.name, model.name)
         python = build.path and f"{build.path}/env/bin/python"
         if not (python and await asyncio.to_thread(os.path.isfile, python)):
@@ -449,7 +539,14 @@ class ModelSupervisor(LoggingConfigurable):
             "CDSW_API_URL": self.control_url,
             "CDSW_DOMAIN": self.public_url.split("://", 1)[-1],
         }
-        spec = WorkloadSpec(
+        labels = {
+            MODEL_LABEL: str(model.id),
+            DEPLOYMENT_LABEL: str(deployment.id),
+            GENERATION_LABEL: str(deployment.generation),
+        }
+        if slot is not None:
+            labels[SLOT_LABEL] = str(slot)
+        return WorkloadSpec(
             name=name,
             kind="model-replica",
             user=deployment.created_by,
@@ -468,8 +565,7 @@ class ModelSupervisor(LoggingConfigurable):
                 self.control_url,
                 "--deployment-crn",
                 deployment.crn,
-                "--replica",
-                name,
+                *(["--replica", name] if slot is not None else []),
                 "--max-body-bytes",
                 str(self.max_body_bytes),
                 "--queue-limit",
@@ -481,26 +577,10 @@ class ModelSupervisor(LoggingConfigurable):
             working_dir=f"{build.path}/src",
             env=env,
             resources=resources,
-            labels={
-                MODEL_LABEL: str(model.id),
-                DEPLOYMENT_LABEL: str(deployment.id),
-                GENERATION_LABEL: str(deployment.generation),
-                SLOT_LABEL: str(slot),
-            },
+            labels=labels,
             ports={"http": 8080},
+            volumes=[VolumeMount(source=build.path, target=build.path, read_only=True)],
         )
-        try:
-            await self.runtime.start(spec)
-        except ValueError as exc:
-            slot_state = self._slots.setdefault(
-                (deployment.id, deployment.generation, slot), _Slot()
-            )
-            slot_state.failures += 1
-            slot_state.last_error = str(exc)
-            slot_state.not_before = time.monotonic() + self.backoff_max
-            self.log.error("Cannot start a replica of %s: %s", deployment.crn, exc)
-        else:
-            self.log.info("Started replica %s of %s", name, deployment.crn)
 
     async def _mark_running(self, target: ModelDeployment, older: list[ModelDeployment]) -> None:
         if target.state == "running" and not older:

@@ -113,6 +113,8 @@ class WorkloadSpec:
     ``ports`` maps a port name (like ``http``) to the port the workload listens on; the
     process is told the port to bind in the ``WORKBENCH_PORT_<NAME>`` variable (name
     upper-cased, ``-`` as ``_``) because a runtime may assign a different number.
+    ``timeout_seconds`` is a deadline the runtime may enforce itself (Kubernetes:
+    ``activeDeadlineSeconds``); the control plane enforces it in any case.
     """
 
     name: str
@@ -126,9 +128,16 @@ class WorkloadSpec:
     resources: Resources = field(default_factory=Resources)
     labels: dict[str, str] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
+    timeout_seconds: int | None = None
 
     def __post_init__(self) -> None:
         validate_name(self.name)
+        if self.timeout_seconds is not None and not (
+            isinstance(self.timeout_seconds, int) and self.timeout_seconds > 0
+        ):
+            raise ValueError(
+                f"timeout_seconds must be a positive integer, not {self.timeout_seconds!r}"
+            )
         if self.kind not in KINDS:
             raise ValueError(f"kind {self.kind!r} is invalid: use one of {sorted(KINDS)}")
         if not isinstance(self.user, str) or not self.user:
@@ -193,6 +202,24 @@ class WorkloadStatus:
     endpoints: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class ReplicatedStatus:
+    """A replicated workload (runtimes with :attr:`Runtime.manages_rollouts`).
+
+    ``replicas`` is the wanted count; ``ready`` the ready replicas running the current spec;
+    ``rolled_out`` is true once every wanted replica runs the current spec and is ready (older
+    replicas gone). ``endpoint`` is the ``host:port`` that balances over the ready replicas.
+    """
+
+    name: str
+    replicas: int
+    ready: int
+    rolled_out: bool
+    endpoint: str
+    labels: dict[str, str]
+    message: str = ""
+
+
 class Runtime(LoggingConfigurable):
     """Base class of runtimes; every method is a coroutine safe to call concurrently.
 
@@ -212,6 +239,16 @@ class Runtime(LoggingConfigurable):
         0.2,
         help="Seconds between checks while waiting for a workload to end or following its logs.",
     ).tag(config=True)
+
+    #: True when the runtime rolls out replicated workloads itself (:meth:`apply_replicated`);
+    #: the model supervisor then hands it whole deployments instead of single replicas.
+    manages_rollouts: bool = False
+
+    async def open(self) -> None:
+        """Start background work (watches, connections); called once before any other call."""
+
+    async def close(self) -> None:
+        """Stop background work and release connections; workloads keep running."""
 
     async def start(self, spec: WorkloadSpec) -> WorkloadStatus:
         """Start ``spec`` and return its status.
@@ -269,3 +306,29 @@ class Runtime(LoggingConfigurable):
             if status.phase in FINISHED_PHASES:
                 return status
             await asyncio.sleep(self.poll_interval)
+
+    async def apply_replicated(self, spec: WorkloadSpec, replicas: int) -> ReplicatedStatus:
+        """Run ``replicas`` copies of ``spec`` behind one endpoint (only with
+        :attr:`manages_rollouts`). Idempotent; a changed spec rolls out without ever having
+        fewer than ``replicas`` ready, a changed count scales."""
+        raise NotImplementedError
+
+    async def list_replicated(
+        self, selector: dict[str, str] | None = None
+    ) -> list[ReplicatedStatus]:
+        """Every replicated workload whose labels include ``selector``."""
+        raise NotImplementedError
+
+    async def list_replicas(self, selector: dict[str, str] | None = None) -> list[WorkloadStatus]:
+        """The replicas (one status each) of replicated workloads whose labels include
+        ``selector``; ``endpoints`` are each replica's own address."""
+        raise NotImplementedError
+
+    async def remove_replicated(self, name: str) -> None:
+        """Stop and forget a replicated workload. Idempotent."""
+        raise NotImplementedError
+
+    async def project_access_removed(self, project: str, user: str | None = None) -> None:
+        """``user`` (None: every user) may no longer use ``project``: remove what gave their
+        workloads its files (Kubernetes: their project volumes and claims). Idempotent.
+        Nothing to do for local processes."""

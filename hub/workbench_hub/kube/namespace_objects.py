@@ -335,6 +335,61 @@ def _access_modes(read_only: bool) -> list[str]:
     return ["ReadOnlyMany" if read_only else "ReadWriteMany"]
 
 
+def nfs_volume_source(nfs_server: str, path: str, read_only: bool, csi_driver: str = "") -> dict:
+    """A PersistentVolume's source for an NFS directory: in-tree ``nfs``, or the share through
+    the CSI driver `csi_driver` (e.g. ``nfs.csi.k8s.io``)."""
+    if csi_driver:
+        return {
+            "csi": {
+                "driver": csi_driver,
+                "volumeHandle": f"{nfs_server}#{path}",
+                "volumeAttributes": {"server": nfs_server, "share": path},
+                "readOnly": read_only,
+            }
+        }
+    return {"nfs": {"server": nfs_server, "path": path, "readOnly": read_only}}
+
+
+def nfs_volume_spec(
+    nfs_server: str,
+    path: str,
+    read_only: bool,
+    claim_namespace: str,
+    claim_name: str,
+    capacity: str = "10Gi",
+    csi_driver: str = "",
+    storage_class: str = "",
+) -> dict:
+    """The spec of a static NFS PersistentVolume (Retain) pre-bound to one claim."""
+    return {
+        "capacity": {"storage": memory_quantity(capacity)},
+        "accessModes": _access_modes(read_only),
+        "persistentVolumeReclaimPolicy": "Retain",
+        "storageClassName": storage_class,
+        "volumeMode": "Filesystem",
+        **nfs_volume_source(nfs_server, path, read_only, csi_driver),
+        "claimRef": {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "namespace": claim_namespace,
+            "name": claim_name,
+        },
+    }
+
+
+def claim_spec(
+    volume_name: str, capacity: str = "10Gi", read_only: bool = False, storage_class: str = ""
+) -> dict:
+    """The spec of a claim bound to the static volume `volume_name`."""
+    return {
+        "accessModes": _access_modes(read_only),
+        "resources": {"requests": {"storage": memory_quantity(capacity)}},
+        "storageClassName": storage_class,
+        "volumeMode": "Filesystem",
+        "volumeName": volume_name,
+    }
+
+
 def make_project_volume(
     name: str,
     nfs_server: str,
@@ -346,37 +401,34 @@ def make_project_volume(
     read_only: bool = False,
     *,
     user: str,
+    csi_driver: str = "",
+    storage_class: str = "",
 ) -> dict:
     """A static NFS PersistentVolume for ``<export_root>/<project>``, pre-bound to one claim.
 
-    Reclaim policy Retain (deleting the claim never deletes project files) and no storage
-    class, so no provisioner takes it.
+    Reclaim policy Retain (deleting the claim never deletes project files). By default an
+    in-tree ``nfs`` volume with no storage class, so no provisioner takes it; with
+    `csi_driver` (e.g. ``nfs.csi.k8s.io``) the same share through that CSI driver, in
+    `storage_class` (whose mount options then apply).
     """
     _check_name("project", project)
     if not export_root.startswith("/"):
         raise ValueError(f"NFS export root {export_root!r} must be an absolute path")
+    path = posixpath.join(export_root.rstrip("/") or "/", project)
     return {
         "apiVersion": "v1",
         "kind": "PersistentVolume",
         "metadata": _metadata(name, "project-volume", user, labels={PROJECT_LABEL: project}),
-        "spec": {
-            "capacity": {"storage": memory_quantity(capacity)},
-            "accessModes": _access_modes(read_only),
-            "persistentVolumeReclaimPolicy": "Retain",
-            "storageClassName": "",
-            "volumeMode": "Filesystem",
-            "nfs": {
-                "server": nfs_server,
-                "path": posixpath.join(export_root.rstrip("/") or "/", project),
-                "readOnly": read_only,
-            },
-            "claimRef": {
-                "apiVersion": "v1",
-                "kind": "PersistentVolumeClaim",
-                "namespace": _check_name("namespace", claim_namespace),
-                "name": _check_name("claim", claim_name),
-            },
-        },
+        "spec": nfs_volume_spec(
+            nfs_server,
+            path,
+            read_only,
+            _check_name("namespace", claim_namespace),
+            _check_name("claim", claim_name),
+            capacity,
+            csi_driver,
+            storage_class,
+        ),
     }
 
 
@@ -389,20 +441,15 @@ def make_project_claim(
     *,
     user: str,
     project: str | None = None,
+    storage_class: str = "",
 ) -> dict:
-    """The PersistentVolumeClaim bound to the project's volume `volume_name` (no storage class)."""
+    """The PersistentVolumeClaim bound to the project's volume `volume_name` (same class)."""
     extra = {PROJECT_LABEL: _check_name("project", project)} if project else None
     return {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
         "metadata": _metadata(name, "project-claim", user, namespace, labels=extra),
-        "spec": {
-            "accessModes": _access_modes(read_only),
-            "resources": {"requests": {"storage": memory_quantity(capacity)}},
-            "storageClassName": "",
-            "volumeMode": "Filesystem",
-            "volumeName": _check_name("volume", volume_name),
-        },
+        "spec": claim_spec(_check_name("volume", volume_name), capacity, read_only, storage_class),
     }
 
 
