@@ -9,6 +9,7 @@ from traitlets import Bool, Float, Unicode, default
 
 from .contents import ReadOnlyContentsManager
 from .handlers import ContextHandler, ProjectsHandler
+from .spark import ApplicationsHandler, UIProxyHandler
 from .upstream import Upstream
 
 
@@ -17,7 +18,9 @@ def _env_flag(name):
 
 
 class WorkbenchLabApp(ExtensionApp):
-    """Serve `/workbench/context` and `/workbench/projects` inside a workbench session.
+    """Serve `/workbench/context`, `/workbench/projects` and the session's Spark applications
+    (`/workbench/spark/applications`, their UIs under `/workbench/spark/ui/<port>/`) inside a
+    workbench session.
 
     Every trait defaults to the session environment the spawner sets (see
     docs/architecture.md), so a session needs no configuration file.
@@ -126,6 +129,8 @@ class WorkbenchLabApp(ExtensionApp):
             [
                 (r"/workbench/context", ContextHandler),
                 (r"/workbench/projects", ProjectsHandler),
+                (r"/workbench/spark/applications", ApplicationsHandler),
+                (r"/workbench/spark/ui/(\d+)/(.*)", UIProxyHandler),
             ]
         )
 

@@ -141,6 +141,7 @@ class WorkbenchKubeSpawner(WorkbenchSpawnerMixin, KubeSpawner):
         env = super().get_env()
         env.update(self.workbench_env())
         env[POD_IP_ENV] = {"valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
+        env["WORKBENCH_SERVICE_ACCOUNT"] = self.service_account  # Spark's executors run as it
         return env
 
     def get_args(self):

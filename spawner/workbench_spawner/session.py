@@ -159,6 +159,7 @@ class WorkbenchSpawnerMixin(LoggingConfigurable):
         return {
             "WORKBENCH_API_URL": self.public_api_url,
             "WORKBENCH_PROJECT": self._access.name,
+            "WORKBENCH_PROJECT_DIR": self._access.path,
             "WORKBENCH_TOKEN": self.api_token,
             "WORKBENCH_READ_ONLY": "1" if self._access.read_only else "0",
             "CDSW_PROJECT": self._access.name,

@@ -261,6 +261,7 @@ def test_spark_role_rules_are_exact():
         {"apiGroups": [""], "resources": ["services"], "verbs": crud},
         {"apiGroups": [""], "resources": ["configmaps"], "verbs": crud},
         {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": crud},
+        {"apiGroups": [""], "resources": ["resourcequotas"], "verbs": ["get", "list"]},
     ]
     for rule in role["rules"]:
         assert set(rule) == {"apiGroups", "resources", "verbs"}  # no nonResourceURLs

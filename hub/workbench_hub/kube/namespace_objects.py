@@ -31,6 +31,8 @@ SPARK_ROLE_RULES = (
     ("services", ("create", "get", "list", "watch", "delete", "deletecollection")),
     ("configmaps", ("create", "get", "list", "watch", "delete", "deletecollection")),
     ("persistentvolumeclaims", ("create", "get", "list", "watch", "delete", "deletecollection")),
+    # workbench.spark sizes dynamic allocation to what the namespace's quota still allows
+    ("resourcequotas", ("get", "list")),
 )
 
 

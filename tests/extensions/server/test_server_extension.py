@@ -39,10 +39,17 @@ async def test_config_overrides_the_environment(jp_fetch):
 async def test_every_route_needs_authentication(jp_fetch, jp_serverapp):
     app = jp_serverapp.extension_manager.extension_points["workbench_lab"].app
     routes = [pattern.strip("/") for pattern, *_ in app.handlers]
-    assert routes == ["workbench/context", "workbench/projects"]
-    for route in routes:
-        code, _ = await fetch_error(jp_fetch, route, headers={"Authorization": ""})
-        assert code == 403, route
+    assert routes == [
+        "workbench/context",
+        "workbench/projects",
+        "workbench/spark/applications",
+        r"workbench/spark/ui/(\d+)/(.*)",
+    ]
+    # the pattern's groups filled in: a port and a path of the Spark UI
+    urls = [route.replace(r"(\d+)/(.*)", "4040/jobs/") for route in routes]
+    for url in urls:
+        code, _ = await fetch_error(jp_fetch, url, headers={"Authorization": ""})
+        assert code == 403, url
 
 
 async def test_projects_carry_role_session_state_and_current(jp_fetch, control_plane):
