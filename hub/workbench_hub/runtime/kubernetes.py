@@ -669,7 +669,13 @@ class KubernetesRuntime(Runtime):
         command = list(spec.command)
         if command[0] == sys.executable:
             command[0] = self.python
-        return replace(spec, volumes=mounts, command=command), list(volumes.values())
+        # Spark's driver in the pod (workbench.spark) needs these to start executors
+        env = {
+            **spec.env,
+            "WORKBENCH_SERVICE_ACCOUNT": self.user_namespaces.service_account,
+            "WORKBENCH_PROJECT_DIR": project_path,
+        }
+        return replace(spec, volumes=mounts, command=command, env=env), list(volumes.values())
 
     def _pod_options(self) -> dict:
         return {
