@@ -186,3 +186,34 @@ def test_enable_without_ipywidgets_says_what_to_install(monkeypatch, spark):
     monkeypatch.setitem(sys.modules, "ipywidgets", None)
     with pytest.raises(WorkbenchError, match="pip install ipywidgets"):
         spark_progress.enable(spark)
+
+
+def test_a_cell_shows_the_progress_of_its_spark_jobs(monkeypatch, spark):
+    """In a real IPython shell: a cell that runs a Spark job gets one progress bar, full and
+    green when the cell ends, with the job's stage and task counts."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shown = []
+    monkeypatch.setattr("IPython.display.display", lambda obj, *a, **k: shown.append(obj))
+    shell = InteractiveShell.instance()
+    monkeypatch.setattr("IPython.get_ipython", lambda: shell)
+    shell.user_ns["sc"] = spark.sparkContext
+    spark_progress.enable(spark)
+    try:
+        result = shell.run_cell("sc.parallelize(range(8), 8).map(lambda x: x * 2).sum()")
+        assert result.success and result.result == 56
+        [box] = shown
+        [row] = box.children
+        bar, label = row.children
+        assert (bar.value, bar.max, bar.bar_style) == (8, 8, "success")
+        assert label.value.startswith("succeeded: 1 stage(s), 8/8 tasks done, 0 running")
+        assert "/workbench/spark/ui/" in label.value
+
+        shown.clear()
+        assert shell.run_cell("1 + 1").result == 2
+        [quiet] = shown
+        assert quiet.children == (), "a cell without Spark jobs shows no bar"
+    finally:
+        spark_progress.disable()
+    assert shell.run_cell("sc.parallelize(range(4)).count()").result == 4
+    assert len(shown) == 1, "disabled: nothing more is shown"
