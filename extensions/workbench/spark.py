@@ -54,6 +54,7 @@ __all__ = [
     "registry_dir",
     "session",
     "spark_conf",
+    "ui_path",
 ]
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
@@ -428,7 +429,7 @@ def spark_conf(conf=None, /, *, mode=None, environ=None, **kwargs):
     prefix = environ.get("JUPYTERHUB_SERVICE_PREFIX")
     if prefix and settings.get("spark.ui.enabled", "true") != "false":
         port = settings.setdefault("spark.ui.port", str(_free_port()))
-        settings["spark.ui.proxyBase"] = f"{prefix.rstrip('/')}/workbench/spark/ui/{port}"
+        settings["spark.ui.proxyBase"] = ui_path(prefix, port).rstrip("/")
     return settings
 
 
@@ -446,6 +447,12 @@ def find_java(environ=None):
             "`conda install openjdk=17`) or set JAVA_HOME."
         )
     return found
+
+
+def ui_path(base_url, port):
+    """The path, under a session's base URL, at which its server extension proxies the Spark
+    UI listening on `port` (ending in ``/``)."""
+    return f"{base_url.rstrip('/')}/workbench/spark/ui/{port}/"
 
 
 def registry_dir():

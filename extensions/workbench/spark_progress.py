@@ -14,6 +14,7 @@ import os
 import threading
 
 from .errors import WorkbenchError
+from .spark import ui_path
 
 POLL_SECONDS = 0.5
 TASK_KEYS = ("numTasks", "numCompletedTasks", "numActiveTasks", "numFailedTasks")
@@ -58,7 +59,7 @@ def job_progress(tracker, job_ids=None):
 def _ui_path(sc):
     port = (sc.uiWebUrl or "").rsplit(":", 1)[-1]
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/")
-    return f"{prefix.rstrip('/')}/workbench/spark/ui/{port}/" if port.isdigit() else None
+    return ui_path(prefix, port) if port.isdigit() else None
 
 
 class _CellProgress:

@@ -33,7 +33,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 from tornado import web
 
-from workbench.spark import registry_dir
+from workbench.spark import registry_dir, ui_path
 
 from .handlers import WorkbenchHandler
 
@@ -104,11 +104,6 @@ def summarize(jobs, stages, executors):
             "active_tasks": sum(e.get("activeTasks", 0) for e in executors),
         },
     }
-
-
-def ui_path(base_url, port):
-    """The session-relative path of the Spark UI on `port`, ending in `/`."""
-    return f"{base_url.rstrip('/')}/workbench/spark/ui/{port}/"
 
 
 class SparkHandler(WorkbenchHandler):
