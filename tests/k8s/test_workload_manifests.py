@@ -53,7 +53,7 @@ def replica_spec() -> WorkloadSpec:
 def all_objects() -> list[dict]:
     replica = replica_spec()
     return [
-        make_job(run_spec(), "u-alice", IMAGE, timeout_seconds=600, service_account="workbench"),
+        make_job(run_spec(timeout_seconds=600), "u-alice", IMAGE, service_account="workbench"),
         make_job(run_spec(resources=Resources()), "u-alice", IMAGE),
         make_deployment(
             replica,
@@ -84,7 +84,7 @@ def test_validation_is_strict():
 
 
 def test_job_runs_once_with_deadline_resources_volumes_and_pod_ip():
-    job = make_job(run_spec(), "u-alice", IMAGE, timeout_seconds=600, ttl_seconds=120)
+    job = make_job(run_spec(timeout_seconds=600), "u-alice", IMAGE, ttl_seconds=120)
     spec = job["spec"]
     assert spec["backoffLimit"] == 0
     assert spec["activeDeadlineSeconds"] == 600

@@ -9,6 +9,7 @@ created by label selector.
 import copy
 import hashlib
 import ipaddress
+import json
 import posixpath
 import re
 from collections.abc import Iterable, Mapping
@@ -34,6 +35,11 @@ SPARK_ROLE_RULES = (
     # workbench.spark sizes dynamic allocation to what the namespace's quota still allows
     ("resourcequotas", ("get", "list")),
 )
+
+
+def digest(value: object) -> str:
+    """A short, stable digest of a JSON-ready value (objects as applied, volume identities)."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def is_dns_label(name: str) -> bool:

@@ -9,8 +9,6 @@ concurrently from both (a 409 on create is success).
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -25,10 +23,6 @@ DIGEST_ANNOTATION = "workbench.jupyter.org/applied-digest"
 #: the ``app.kubernetes.io/component`` of project claims and volumes
 CLAIM_COMPONENT = "project-claim"
 VOLUME_COMPONENT = "project-volume"
-
-
-def _digest(manifests: list[dict]) -> str:
-    return hashlib.sha256(json.dumps(manifests, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class NamespaceTerminating(RuntimeError):
@@ -219,7 +213,7 @@ class UserNamespaces(LoggingConfigurable):
         base = self.base_objects(username, groups)
         name = base[0]["metadata"]["name"]
         result = EnsureResult(namespace=name)
-        digest = _digest(base[1:])
+        digest = objects.digest(base[1:])
         namespace = await api.get("v1", "Namespace", name)
         if namespace is None:
             namespace, created = await api.ensure(base[0])

@@ -118,11 +118,11 @@ def make_job(
     spec: WorkloadSpec,
     namespace: str,
     image: str,
-    timeout_seconds: int | None = None,
     ttl_seconds: int = 3600,
     **pod_options,
 ) -> dict:
-    """A Job running ``spec`` once: retries are the workbench's, so ``backoffLimit: 0``."""
+    """A Job running ``spec`` once: retries are the workbench's, so ``backoffLimit: 0``; the
+    spec's ``timeout_seconds`` becomes ``activeDeadlineSeconds``."""
     labels = labels_for(spec, spec.kind)
     job_spec = {
         "backoffLimit": 0,
@@ -132,8 +132,8 @@ def make_job(
             "spec": make_pod_spec(spec, image, "Never", **pod_options),
         },
     }
-    if timeout_seconds is not None:
-        job_spec["activeDeadlineSeconds"] = timeout_seconds
+    if spec.timeout_seconds is not None:
+        job_spec["activeDeadlineSeconds"] = spec.timeout_seconds
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

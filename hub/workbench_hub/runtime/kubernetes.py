@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import json
 import math
 import posixpath
 import sys
@@ -41,7 +39,7 @@ from traitlets import Dict, Float, Instance, Int, List, TraitError, Unicode, def
 
 from workbench_hub.kube import workload_objects as objects
 from workbench_hub.kube.api import ApiException, KubeAPI, status_message
-from workbench_hub.kube.namespace_objects import claim_spec, nfs_volume_spec
+from workbench_hub.kube.namespace_objects import claim_spec, digest, nfs_volume_spec
 from workbench_hub.kube.namespaces import NamespaceTerminating, UserNamespaces
 from workbench_hub.runtime.base import (
     ACTIVE_PHASES,
@@ -97,10 +95,6 @@ def _time(value: str | None) -> datetime | None:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat()
-
-
-def _digest(value: object) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _spec_labels(labels: Mapping[str, str]) -> dict[str, str]:
@@ -324,7 +318,7 @@ def make_workload_volume(
     """``(claim name, [PersistentVolume, PersistentVolumeClaim])`` for one NFS directory of a
     workload. Named ``<workload>-<hash>`` (volume: ``wb-`` prefix) after the namespace, path
     and access, so a new spec of a Deployment gets new ones while old pods keep theirs."""
-    suffix = _digest([namespace, nfs_server, path, read_only])[:8]
+    suffix = digest([namespace, nfs_server, path, read_only])[:8]
     claim, volume = f"{spec.name}-{suffix}", f"wb-{spec.name}-{suffix}"
     labels = objects.labels_for(spec, VOLUME_COMPONENT)
     pv = {
@@ -734,7 +728,6 @@ class KubernetesRuntime(Runtime):
             run_spec,
             namespace,
             self.image,
-            timeout_seconds=spec.timeout_seconds,
             ttl_seconds=self.job_ttl_seconds,
             **self._pod_options(),
         )
@@ -925,9 +918,9 @@ class KubernetesRuntime(Runtime):
         )
         template = deployment["spec"]["template"]
         template["spec"]["terminationGracePeriodSeconds"] = math.ceil(self.stop_grace)
-        digest = _digest(template)
+        spec_hash = digest(template)
         template["metadata"]["annotations"] = {
-            SPEC_HASH_ANNOTATION: digest,
+            SPEC_HASH_ANNOTATION: spec_hash,
             USERNAME_ANNOTATION: spec.user,
         }
         autoscaler = None
@@ -941,7 +934,7 @@ class KubernetesRuntime(Runtime):
                 self.autoscaling["cpu_percent"],
             )
         annotations = {
-            SPEC_HASH_ANNOTATION: digest,
+            SPEC_HASH_ANNOTATION: spec_hash,
             REPLICAS_ANNOTATION: str(replicas),
             AUTOSCALED_ANNOTATION: str(autoscaler is not None).lower(),
             USERNAME_ANNOTATION: spec.user,
@@ -969,7 +962,7 @@ class KubernetesRuntime(Runtime):
                     raise
         old = existing["metadata"].get("annotations", {})
         patch: dict[str, Any] = {}
-        if old.get(SPEC_HASH_ANNOTATION) != digest:
+        if old.get(SPEC_HASH_ANNOTATION) != spec_hash:
             for obj in volumes:
                 await api.ensure(obj)
             await self._put(service)
