@@ -188,7 +188,7 @@ def job_status(job: dict, pods: Iterable[dict]) -> WorkloadStatus:
         finished=finished,
         exit_code=exit_code,
         message=message,
-        endpoints=_endpoints(job, pod),
+        endpoints=_endpoints(job["spec"]["template"], pod),
     )
 
 
@@ -219,11 +219,12 @@ def _ports(template: dict) -> dict[str, int]:
     return {p["name"]: p["containerPort"] for p in containers[0].get("ports") or [] if "name" in p}
 
 
-def _endpoints(job: dict, pod: dict | None) -> dict[str, str]:
+def _endpoints(template: dict, pod: dict | None) -> dict[str, str]:
+    """``name → podIP:port`` of the ports named in `template` (a pod or a pod template)."""
     ip = (pod or {}).get("status", {}).get("podIP")
     if not ip:
         return {}
-    return {name: f"{ip}:{port}" for name, port in _ports(job["spec"]["template"]).items()}
+    return {name: f"{ip}:{port}" for name, port in _ports(template).items()}
 
 
 def _ready(pod: dict) -> bool:
@@ -241,13 +242,6 @@ def replica_status(pod: dict) -> WorkloadStatus:
     phase = {"Running": "running", "Succeeded": "succeeded", "Failed": "failed"}.get(
         status.get("phase"), "pending"
     )
-    ports = {
-        p["name"]: p["containerPort"]
-        for c in pod["spec"]["containers"]
-        for p in c.get("ports", [])
-        if p.get("name")
-    }
-    ip = status.get("podIP")
     return WorkloadStatus(
         name=meta["name"],
         kind="model-replica",
@@ -259,7 +253,7 @@ def replica_status(pod: dict) -> WorkloadStatus:
         started=_time(status.get("startTime")),
         exit_code=terminated.get("exitCode") if terminated else None,
         message=_waiting(pod) if phase == "pending" else "",
-        endpoints={name: f"{ip}:{port}" for name, port in ports.items()} if ip else {},
+        endpoints=_endpoints(pod, pod),
     )
 
 
