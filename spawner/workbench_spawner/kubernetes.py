@@ -116,10 +116,14 @@ class WorkbenchKubeSpawner(WorkbenchSpawnerMixin, KubeSpawner):
         """Nothing: the profile was applied by :meth:`start` from the control plane's profiles
         (KubeSpawner's own ``profile_list`` is not used)."""
 
+    def _kube_api(self) -> KubeAPI:
+        """Our dict client on KubeSpawner's own (shared) API client."""
+        return KubeAPI(self.api.api_client, timeout=self.k8s_api_request_timeout)
+
     async def _ensure_namespace(self):
         """Create or update the user's namespace objects and project volumes (KubeSpawner
         calls this before creating the pod)."""
-        api = KubeAPI(self.api.api_client, timeout=self.k8s_api_request_timeout)
+        api = self._kube_api()
         projects = {p.name: p.read_only for p in self._spawn_options.projects}
         try:
             result = await self.user_namespaces.ensure(
@@ -143,13 +147,6 @@ class WorkbenchKubeSpawner(WorkbenchSpawnerMixin, KubeSpawner):
         env[POD_IP_ENV] = {"valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
         env["WORKBENCH_SERVICE_ACCOUNT"] = self.service_account  # Spark's executors run as it
         return env
-
-    def get_args(self):
-        """JupyterLab arguments: the workbench extension, no terminals when read-only."""
-        args = [*super().get_args(), "--ServerApp.jpserver_extensions=workbench_lab=True"]
-        if self._access.read_only:
-            args.append("--ServerApp.terminals_enabled=False")
-        return args
 
     def get_state(self):
         """KubeSpawner's and the workbench's state, plus the namespace objects created."""
@@ -179,6 +176,6 @@ class WorkbenchKubeSpawner(WorkbenchSpawnerMixin, KubeSpawner):
                 sorted(others),
             )
             return
-        api = KubeAPI(self.api.api_client, timeout=self.k8s_api_request_timeout)
+        api = self._kube_api()
         self.log.info("Deleting namespace %s of %s", self.namespace, self.user.name)
         await self.user_namespaces.delete(api, self.user.name)

@@ -132,10 +132,8 @@ class WorkbenchLocalSpawner(WorkbenchSpawnerMixin, SimpleLocalProcessSpawner):
             return
 
     def get_args(self):
-        """JupyterLab arguments: the workbench extension, no terminals when read-only."""
-        args = [*super().get_args(), "--ServerApp.jpserver_extensions=workbench_lab=True"]
-        if self._access.read_only:
-            args.append("--ServerApp.terminals_enabled=False")
+        """The sessions' JupyterLab arguments, and root allowed when the hub runs as root."""
+        args = super().get_args()
         if os.geteuid() == 0:
             # embedded mode runs sessions as the hub's own user, which may be root
             args.append("--ServerApp.allow_root=True")

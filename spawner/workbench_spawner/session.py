@@ -154,6 +154,13 @@ class WorkbenchSpawnerMixin(LoggingConfigurable):
         await self._audit("session.stopped")
         self.project = self.profile = ""
 
+    def get_args(self):
+        """JupyterLab arguments: the workbench extension, no terminals when read-only."""
+        args = [*super().get_args(), "--ServerApp.jpserver_extensions=workbench_lab=True"]
+        if self._access.read_only:
+            args.append("--ServerApp.terminals_enabled=False")
+        return args
+
     def workbench_env(self) -> dict[str, str]:
         """The workbench variables of a session (docs/architecture.md)."""
         return {
