@@ -71,19 +71,13 @@ class _Replica:
 
     @property
     def url(self) -> str | None:
-        endpoint = self.status.endpoints.get("http")
-        return f"http://{endpoint}" if endpoint else None
+        return _url(self.status)
 
 
-def _replica_pod(status: WorkloadStatus) -> _Replica:
-    """A replica of a replicated workload (no slot: the runtime numbers nothing)."""
-    return _Replica(
-        name=status.name,
-        deployment_id=int(status.labels.get(DEPLOYMENT_LABEL, 0)),
-        generation=int(status.labels.get(GENERATION_LABEL, 0)),
-        slot=-1,
-        status=status,
-    )
+def _url(status: WorkloadStatus) -> str | None:
+    """Where the control plane reaches a replica's server."""
+    endpoint = status.endpoints.get("http")
+    return f"http://{endpoint}" if endpoint else None
 
 
 def _replica(status: WorkloadStatus) -> _Replica | None:
@@ -335,7 +329,7 @@ class ModelSupervisor(LoggingConfigurable):
             for r in map(_replica, await self.runtime.list({KIND_LABEL: "model-replica"}))
             if r is not None
         ]
-        await self._check_health([r for r in replicas if r.status.phase == "running"])
+        await self._check_health([r.status for r in replicas if r.status.phase == "running"])
         wanted: set[str] = set()
         for model in models:
             wanted |= await self._reconcile_model(model, by_model.get(model.id, []), replicas)
@@ -384,14 +378,12 @@ class ModelSupervisor(LoggingConfigurable):
             await self.runtime.remove_replicated(name)
         # each replica's own health, for the API's replica lists and ready counts
         replicas = await self.runtime.list_replicas({KIND_LABEL: "model-replica"})
-        await self._check_health(
-            [r for r in map(_replica_pod, replicas) if r.status.phase == "running"]
-        )
+        await self._check_health([r for r in replicas if r.phase == "running"])
 
-    async def _check_health(self, replicas: list[_Replica]) -> None:
-        async def check(replica: _Replica) -> None:
+    async def _check_health(self, replicas: list[WorkloadStatus]) -> None:
+        async def check(replica: WorkloadStatus, url: str) -> None:
             try:
-                response = await self._http.get(f"{replica.url}/health")
+                response = await self._http.get(f"{url}/health")
                 ok = response.status_code == 200
             except httpx.HTTPError:
                 ok = False
@@ -400,7 +392,7 @@ class ModelSupervisor(LoggingConfigurable):
             else:
                 self._ready.discard(replica.name)
 
-        await asyncio.gather(*(check(r) for r in replicas if r.url))
+        await asyncio.gather(*(check(r, url) for r in replicas if (url := _url(r))))
 
     async def _reconcile_model(
         self, model: Model, deployments: list[ModelDeployment], replicas: list[_Replica]
