@@ -36,6 +36,8 @@ async def serve() -> None:
 
     double = KubeAPIDouble()
     url = await double.start()
+    directory = tempfile.TemporaryDirectory()
+    kubeconfig = double.write_kubeconfig(Path(directory.name) / "kubeconfig")
 
     async def spawn_options(request):
         user = request.match_info["user"]
@@ -70,7 +72,12 @@ async def serve() -> None:
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]
-    print(json.dumps({"api": url, "options": f"http://127.0.0.1:{port}{prefix}"}), flush=True)
+    urls = {
+        "api": url,
+        "options": f"http://127.0.0.1:{port}{prefix}",
+        "kubeconfig": str(kubeconfig),
+    }
+    print(json.dumps(urls), flush=True)
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -81,6 +88,7 @@ async def serve() -> None:
             double.reset_calls()
     await runner.cleanup()
     await double.stop()
+    directory.cleanup()
 
 
 # ---- the hub side
@@ -113,31 +121,18 @@ class Server:
         self.proc.wait(timeout=60)
 
 
-async def run_spawners(kind: str, users: int, concurrency: int, server: Server, tmp: Path):
+async def run_spawners(kind: str, users: int, concurrency: int, server: Server):
     from jupyterhub import orm
     from jupyterhub.objects import Hub
     from jupyterhub.user import User
+    from kubernetes_asyncio.config import kube_config
     from kubespawner import KubeSpawner, clients
     from traitlets.config import Config
 
     from workbench_spawner.kubernetes import WorkbenchKubeSpawner
 
-    kubeconfig = tmp / "kubeconfig"
-    kubeconfig.write_text(
-        json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "double", "cluster": {"server": server.urls["api"]}}],
-                "users": [{"name": "bench", "user": {"token": "x"}}],
-                "contexts": [{"name": "double", "context": {"cluster": "double", "user": "bench"}}],
-                "current-context": "double",
-            }
-        )
-    )
-    from kubernetes_asyncio.config import kube_config
-
-    kube_config.KUBE_CONFIG_DEFAULT_LOCATION = str(kubeconfig)  # read from $KUBECONFIG at import
+    # the double wrote it; kubernetes_asyncio read $KUBECONFIG at import
+    kube_config.KUBE_CONFIG_DEFAULT_LOCATION = server.urls["kubeconfig"]
     db = orm.new_session_factory("sqlite:///:memory:")()
     db.add_all([orm.User(name=f"user{i}") for i in range(users)])
     db.commit()
@@ -221,10 +216,7 @@ def main():
     for kind in ("kubespawner", "workbench"):
         server = Server()
         try:
-            with tempfile.TemporaryDirectory() as tmp:
-                results[kind] = asyncio.run(
-                    run_spawners(kind, args.users, args.concurrency, server, Path(tmp))
-                )
+            results[kind] = asyncio.run(run_spawners(kind, args.users, args.concurrency, server))
         finally:
             server.close()
     print(f"{args.users} users, {args.concurrency} spawns in flight")
