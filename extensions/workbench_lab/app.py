@@ -7,7 +7,7 @@ from jupyter_server.extension.application import ExtensionApp
 from jupyter_server.services.contents.largefilemanager import AsyncLargeFileManager
 from traitlets import Bool, Float, Unicode, default
 
-from .contents import ReadOnlyContentsManager
+from .contents import ConfinedContentsManager, ReadOnlyContentsManager
 from .handlers import ContextHandler, ProjectsHandler
 from .spark import ApplicationsHandler, UIProxyHandler
 from .upstream import Upstream
@@ -65,7 +65,9 @@ class WorkbenchLabApp(ExtensionApp):
     read_only = Bool(
         help="""Whether the project's files are read-only in this session (viewers and
         operators). When true, the extension installs
-        `workbench_lab.contents.ReadOnlyContentsManager` as the server's contents manager.
+        `workbench_lab.contents.ReadOnlyContentsManager` as the server's contents manager;
+        otherwise `workbench_lab.contents.ConfinedContentsManager`. Both refuse paths that
+        lead outside the project directory through a symbolic link.
 
         Defaults to $WORKBENCH_READ_ONLY (`1`, `true` or `yes`).
         """,
@@ -107,14 +109,18 @@ class WorkbenchLabApp(ExtensionApp):
         # so this is the last moment the manager class can be chosen.
         super()._link_jupyter_server_extension(serverapp)
         configured = serverapp.contents_manager_class
-        if not self.read_only or issubclass(configured, ReadOnlyContentsManager):
+        wanted = ReadOnlyContentsManager if self.read_only else ConfinedContentsManager
+        if self.read_only:
+            self.log.info("workbench: project files are read-only in this session")
+        if issubclass(configured, wanted):
             return
         if configured is not AsyncLargeFileManager:
             self.log.warning(
-                "workbench: read-only session, replacing contents manager %s", configured.__name__
+                "workbench: replacing contents manager %s with %s",
+                configured.__name__,
+                wanted.__name__,
             )
-        self.log.info("workbench: project files are read-only in this session")
-        serverapp.contents_manager_class = ReadOnlyContentsManager
+        serverapp.contents_manager_class = wanted
 
     def initialize_settings(self):
         self.upstream = Upstream(

@@ -36,6 +36,8 @@ from pathlib import Path
 
 import pathspec
 
+from workbench_hub import confine
+
 MANIFEST = "build.json"
 IGNORE_FILE = ".workbenchignore"
 #: always left out: the project's own Git data and workbench data, caches, checkpoints
@@ -113,11 +115,11 @@ def ignore_spec(project: Path) -> pathspec.GitIgnoreSpec:
 
 def _link_target(root: Path, path: Path) -> tuple[str | None, str]:
     """(the path relative to root a symbolic link finally points to, or None; why not)."""
-    try:
-        target = path.resolve(strict=True)
-    except (OSError, RuntimeError):  # dangling, or a loop
+    if not path.exists():  # dangling, or a loop
         return None, "it points nowhere"
-    if not target.is_relative_to(root):
+    try:
+        target = confine.resolve_within(root, path.relative_to(root))
+    except confine.PathEscape:
         return None, "it points outside the project"
     return target.relative_to(root).as_posix(), ""
 
@@ -196,11 +198,16 @@ def _read_only(mode: int) -> int:
     return stat.S_IMODE(mode) & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
 
 
-def _copy_file(source: Path, target: Path, rel: str, max_file_bytes: int) -> dict:
-    """Copy one regular file (never through a link), hash it, make the copy read-only."""
+def _copy_file(root: Path, rel: str, target: Path, max_file_bytes: int) -> dict:
+    """Copy one regular file (following no link on the way), hash it, make the copy read-only."""
     digest, size = hashlib.sha256(), 0
-    fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
-    with os.fdopen(fd, "rb") as src, target.open("xb") as dst:
+    try:
+        source = confine.read_beneath(root, rel)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise BuildError(f"cannot read {rel}: {e.strerror}") from None
+    with source as src, target.open("xb") as dst:
         info = os.fstat(src.fileno())
         while chunk := src.read(_CHUNK):
             size += len(chunk)
@@ -242,14 +249,16 @@ def take_snapshot(
     total = 0
     for rel, _ in plan.files:
         try:
-            entry = _copy_file(root / rel, destination / rel, rel, max_file_bytes)
+            entry = _copy_file(root, rel, destination / rel, max_file_bytes)
         except FileNotFoundError:
             snapshot.skipped.append(f"{rel}: deleted while the build copied the project")
             continue
-        except OSError as e:
-            if e.filename and Path(e.filename) == root / rel:
-                raise BuildError(f"cannot read {rel}: {e.strerror}") from None
-            raise
+        except confine.PathEscape:
+            snapshot.skipped.append(
+                f"{rel}: a symbolic link appeared on its path while the build copied the"
+                " project; left out"
+            )
+            continue
         total += entry["bytes"]
         if total > max_bytes:
             raise BuildError(

@@ -4,11 +4,13 @@ import asyncio
 import contextlib
 import mimetypes
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from sqlalchemy import select
 from tornado.iostream import StreamClosedError
 
+from workbench_hub import confine
 from workbench_hub.handlers.base import APIError
 from workbench_hub.handlers.jobs import JobsAPIHandler, jobs_dir
 from workbench_hub.jobs import END_STATES
@@ -53,11 +55,11 @@ class RunsAPIHandler(JobsAPIHandler):
         return f"{path}/{number}"
 
     def output_dir(self, project: Project, job: Job, run: JobRun) -> Path:
+        """The run's output directory, relative to project_root (where `confine` starts)."""
         if run.output_dir:
-            return Path(run.output_dir)
-        return (
-            jobs_dir(self.service.project_path(project.name), job.name) / "runs" / str(run.number)
-        )
+            with contextlib.suppress(confine.PathEscape):
+                return confine.beneath(self.service.project_root, run.output_dir)
+        return jobs_dir(Path(project.name), job.name) / "runs" / str(run.number)
 
 
 class RunListHandler(RunsAPIHandler):
@@ -167,7 +169,8 @@ class RunOutputListHandler(RunsAPIHandler):
             project, found, run = await self.run_for(
                 session, name, job, number, Role.VIEWER, "viewing"
             )
-        files = await self.run_blocking(_list_files, self.output_dir(project, found, run))
+        outputs = self.output_dir(project, found, run)
+        files = await self.run_blocking(_list_files, self.service.project_root, outputs)
         self.write_json({"files": files})
 
 
@@ -177,18 +180,28 @@ class RunOutputHandler(RunsAPIHandler):
             project, found, run = await self.run_for(
                 session, name, job, number, Role.VIEWER, "viewing"
             )
-        file = await self.run_blocking(_confined_file, self.output_dir(project, found, run), path)
-        if file is None:
-            raise APIError(404, f"run {run.number} of job {job!r} has no output file {path!r}")
-        content_type = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
+        outputs = self.output_dir(project, found, run)
+        try:
+            handle = await self.run_blocking(_open_output, self.service.project_root, outputs, path)
+        except confine.PathEscape:
+            raise APIError(
+                404,
+                f"output file {path!r} of run {run.number} of job {job!r} leads outside the"
+                " run's output directory through a symbolic link: it is not served",
+            ) from None
+        except OSError:
+            raise APIError(
+                404, f"run {run.number} of job {job!r} has no output file {path!r}"
+            ) from None
+        name = PurePosixPath(path).name
+        content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
         if content_type.startswith("text/"):
             content_type += "; charset=UTF-8"
         self.set_header("Content-Type", content_type)
         self.set_header("X-Content-Type-Options", "nosniff")
         # run outputs are user content: never let them script the hub's origin
         self.set_header("Content-Security-Policy", "sandbox")
-        self.set_header("Content-Disposition", f'inline; filename="{_quote(file.name)}"')
-        handle = await self.run_blocking(file.open, "rb")
+        self.set_header("Content-Disposition", f'inline; filename="{_quote(name)}"')
         try:
             while chunk := await self.run_blocking(handle.read, _CHUNK):
                 self.write(chunk)
@@ -202,33 +215,34 @@ def _quote(name: str) -> str:
     return "".join(c if c.isprintable() and c not in '"\\' else "_" for c in name)
 
 
-def _list_files(directory: Path) -> list[dict]:
-    """Regular files under `directory` (not following links out of it), by path."""
-    base = directory.resolve()
-    if not base.is_dir():
-        return []
+# Run outputs are written by the run, which may plant links: a file is listed and served only
+# if it resolves inside the output directory, itself reached from project_root with no link.
+
+
+def _list_files(root: str, outputs: Path) -> list[dict]:
+    """Regular files in the output directory `root/outputs`, by path."""
+    base = Path(root).resolve() / outputs
     files = []
-    for root, dirs, names in os.walk(base):
+    for directory, dirs, names in os.walk(base):
         dirs.sort()
         for file_name in names:
-            path = Path(root) / file_name
-            resolved = path.resolve()
-            if resolved.is_relative_to(base) and resolved.is_file():
-                files.append(
-                    {"path": path.relative_to(base).as_posix(), "size": resolved.stat().st_size}
-                )
+            relative = Path(directory, file_name).relative_to(base)
+            try:
+                resolved = confine.resolve_within(root, outputs / relative, inside=outputs)
+            except confine.PathEscape:
+                continue
+            if resolved.is_file():
+                files.append({"path": relative.as_posix(), "size": resolved.stat().st_size})
     return sorted(files, key=lambda f: f["path"])
 
 
-def _confined_file(directory: Path, relative: str) -> Path | None:
-    """`relative` under `directory` if it is a regular file that resolves inside it."""
-    if "\x00" in relative or relative.startswith("/"):
-        return None
-    base = directory.resolve()
-    path = (base / relative).resolve()
-    if not path.is_relative_to(base) or not path.is_file():
-        return None
-    return path
+def _open_output(root: str, outputs: Path, relative: str) -> BinaryIO:
+    """Output file `relative` opened for reading (PathEscape if it leads out, else OSError)."""
+    parts = PurePosixPath(relative).parts
+    if "\x00" in relative or relative.startswith("/") or ".." in parts:
+        raise FileNotFoundError(relative)
+    resolved = confine.resolve_within(root, outputs / relative, inside=outputs)
+    return confine.read_beneath(root, resolved.relative_to(Path(root).resolve()))
 
 
 RUN = r"projects/(?P<name>[^/]+)/jobs/(?P<job>[^/]+)/runs/(?P<number>[0-9]+)"

@@ -30,7 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from traitlets import Any, CaselessStrEnum, Float, Instance, Int, List, Type, Unicode, default
 from traitlets.config import LoggingConfigurable
 
-from workbench_hub import audit
+from workbench_hub import audit, confine
 from workbench_hub.jobs import END_STATES, cron, execution
 from workbench_hub.jobs.notify import EmailNotifier, Notifier, RunNotice
 from workbench_hub.jobs.snapshots import SnapshotMissing, SnapshotStore
@@ -61,14 +61,15 @@ def _run_id(project: str, job: str, number: int) -> str:
     return f"{project}/{job}/{number}"
 
 
-def _read_tail(path: Path, limit: int) -> bytes:
+def _read_tail(root: str, relative: Path, limit: int) -> bytes:
+    """The last `limit` bytes of a run's output file; none if missing or behind a link."""
     try:
-        with path.open("rb") as f:
+        with confine.read_beneath(root, relative) as f:
             f.seek(0, os.SEEK_END)
             size = f.tell()
             f.seek(max(0, size - limit))
             return f.read()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError, confine.PathEscape):
         return b""
 
 
@@ -335,8 +336,8 @@ class JobEngine(LoggingConfigurable):
                 async for line in self.runtime.logs(run.workload, follow=follow):
                     yield line
                 return
-        if run.output_dir:
-            data = await self._run(_read_tail, Path(run.output_dir, "output.log"), 1 << 40)
+        if (outputs := self._outputs(run)) is not None:
+            data = await self._run(_read_tail, self.project_root, outputs / "output.log", 1 << 40)
             for line in data.decode(errors="replace").splitlines():
                 yield line
 
@@ -632,19 +633,31 @@ class JobEngine(LoggingConfigurable):
         if run.state in (job.notify or {}).get("on", []) and (job.notify or {}).get("recipients"):
             await self._notify(run, job, project)
 
+    def _outputs(self, run: JobRun) -> Path | None:
+        """The run's output directory relative to project_root. The run can change what is in
+        it, so the engine reads and writes there with `confine`, following no link."""
+        if not run.output_dir:
+            return None
+        try:
+            return confine.beneath(self.project_root, run.output_dir)
+        except confine.PathEscape:
+            return None
+
     async def _copy_log(self, run: JobRun) -> None:
+        outputs = self._outputs(run)
+        if outputs is None:
+            return
         lines = []
         with contextlib.suppress(WorkloadNotFound):
             async for line in self.runtime.logs(run.workload):
                 lines.append(line)
-        text = "\n".join(lines) + ("\n" if lines else "")
-
-        def write():
-            path = Path(run.output_dir)
-            if path.is_dir():
-                (path / "output.log").write_text(text, encoding="utf-8")
-
-        await self._run(write)
+        data = ("\n".join(lines) + ("\n" if lines else "")).encode()
+        try:  # a new file renamed over output.log: a link the run left there is replaced
+            await self._run(confine.replace_file, self.project_root, outputs / "output.log", data)
+        except FileNotFoundError:  # the outputs are gone
+            pass
+        except (OSError, confine.PathEscape) as e:
+            self.log.warning("The log of run %s is not kept with its outputs: %s", run.id, e)
 
     async def _prune_outputs(self, job: Job) -> None:
         if self.output_retention <= 0:
@@ -665,7 +678,9 @@ class JobEngine(LoggingConfigurable):
             if not old:
                 return
             for run in old:
-                await self._run(shutil.rmtree, run.output_dir, True)
+                if (outputs := self._outputs(run)) is not None:
+                    with contextlib.suppress(OSError, confine.PathEscape):
+                        await self._run(confine.remove_beneath, self.project_root, outputs, True)
                 if run.workload:
                     await self.runtime.remove(run.workload)
                 run.output_dir = None
@@ -675,17 +690,16 @@ class JobEngine(LoggingConfigurable):
         settings = job.notify or {}
         limit = self.notifier.max_attachment_bytes
         attachments = []
-        output = Path(run.output_dir) if run.output_dir else None
+        output = self._outputs(run)
         if output is not None and settings.get("attach_notebook") and job.target.endswith(".ipynb"):
-            notebook = output / "output.ipynb"
-            size = await self._run(lambda: notebook.stat().st_size if notebook.exists() else -1)
-            if 0 <= size <= limit:
-                data = await self._run(notebook.read_bytes)
+            root, notebook = self.project_root, output / "output.ipynb"
+            data = await self._run(_read_tail, root, notebook, limit + 1)
+            if 0 < len(data) <= limit:
                 attachments.append(("output.ipynb", data, "application/x-ipynb+json"))
-            elif size > limit:
+            elif len(data) > limit:
                 self.log.info("Notebook of %s run %s too large to attach", job.name, run.number)
         if output is not None and settings.get("attach_log"):
-            data = await self._run(_read_tail, output / "output.log", limit)
+            data = await self._run(_read_tail, self.project_root, output / "output.log", limit)
             attachments.append(("output.log", data, "text/plain"))
         base = f"{self.api_url}/projects/{project.name}/jobs/{job.name}/runs/{run.number}"
         links = {"Run": base, "Log": base + "/logs"} if self.api_url else {}
@@ -1086,10 +1100,13 @@ class JobEngine(LoggingConfigurable):
                 return f"target file {job.target} no longer exists in the project"
             workdir = project_dir
             code_hash = self.snapshots.snapshot(project_dir)
-        output_dir = project_dir / ".workbench" / "jobs" / job.name / "runs" / str(run.number)
-        shutil.rmtree(output_dir, ignore_errors=True)
-        output_dir.mkdir(parents=True)
-        return str(workdir), code_hash, str(output_dir)
+        outputs = Path(project.name, ".workbench", "jobs", job.name, "runs", str(run.number))
+        try:  # users can make any of these a link: none is followed
+            confine.remove_beneath(self.project_root, outputs)
+            confine.make_dirs(self.project_root, outputs)
+        except confine.PathEscape as e:
+            return f"cannot make the run's output directory: {e}"
+        return str(workdir), code_hash, str(Path(self.project_root, outputs))
 
     def _profile(self, name: str) -> dict | str | None:
         if not self.resource_profiles:

@@ -22,7 +22,7 @@ from sqlalchemy import select
 from traitlets import Any, Dict, Float, Int, List, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
-from workbench_hub import audit
+from workbench_hub import audit, confine
 from workbench_hub.orm import Model, ModelBuild, Project
 from workbench_hub.runtime.base import (
     ACTIVE_PHASES,
@@ -146,7 +146,14 @@ def outcome(
 
 
 def _write_log(path: Path, lines: list[str], first: bool) -> None:
-    with path.open("w" if first else "a", encoding="utf-8") as f:
+    """Write or append to a file of the build's directory, never through a link the build's
+    code could have left there (the directory is the build workload's to write)."""
+    if first:  # a link left there is removed, not followed
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    flags = os.O_WRONLY | (os.O_CREAT | os.O_EXCL if first else os.O_APPEND)
+    fd = confine.open_beneath(path.parent, path.name, flags, 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.writelines(line + "\n" for line in lines)
 
 
@@ -616,7 +623,9 @@ class ModelBuilder(LoggingConfigurable):
 
 
 def _read_text(path: Path) -> str | None:
+    """A file of the build's directory; None if missing or a link (which is not followed)."""
     try:
-        return path.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
+        with confine.read_beneath(path.parent, path.name) as f:
+            return f.read().decode("utf-8", errors="replace")
+    except (FileNotFoundError, confine.PathEscape):
         return None
