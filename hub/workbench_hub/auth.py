@@ -14,8 +14,10 @@ import secrets
 from pathlib import Path
 
 from jupyterhub.auth import Authenticator
+from tornado import web
 from traitlets import Unicode, default
 
+from .isolation.config import Isolation
 from .names import validate_name
 
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
@@ -90,10 +92,26 @@ class WorkbenchAuthenticator(Authenticator):
         """,
     ).tag(config=True)
 
+    only_user = Unicode(
+        "",
+        help="""When set, only this user may log in: `workbench up` sets it to the first
+        administrator when users' code cannot be isolated from each other
+        (docs/isolation.md, `c.WorkbenchUp.allow_shared_unix_user`).""",
+    ).tag(config=True)
+
     @default("allow_all")
     def _allow_all_default(self):
         # Only users present in the users file can authenticate at all.
         return True
+
+    async def delete_user(self, user):
+        """The hub deleted `user`: forget their password and, with isolation, their unix
+        account (docs/isolation.md)."""
+        await asyncio.to_thread(UserStore(self.users_file).remove, user.name)
+        isolation = Isolation(parent=self)
+        if isolation.enabled:
+            await asyncio.to_thread(isolation.accounts.remove_user, user.name)
+        await super().delete_user(user)
 
     async def authenticate(self, handler, data):
         name = (data or {}).get("username", "")
@@ -102,6 +120,13 @@ class WorkbenchAuthenticator(Authenticator):
         entry = users.get(name)
         if entry is None or not password:
             return None
+        if self.only_user and name != self.only_user:
+            handler.log.warning("Refused login of %s: isolation is off (docs/isolation.md)", name)
+            raise web.HTTPError(
+                403,
+                "This workbench cannot keep users apart (no isolation), so only its "
+                "administrator may log in. Ask them to read docs/isolation.md.",
+            )
         ok = await asyncio.to_thread(check_password, password, entry["password"])
         if not ok:
             return None

@@ -40,7 +40,9 @@ def _up_from_args(args):
         config.WorkbenchUp.db_url = args.db_url
     if getattr(args, "config", None):
         config.WorkbenchUp.config_file = str(Path(args.config).resolve())
-    return WorkbenchUp(config=config)
+    merged = WorkbenchUp(config=config).file_config()  # the file's c.WorkbenchUp settings
+    merged.merge(config)  # under the command line's
+    return WorkbenchUp(config=merged)
 
 
 def cmd_up(args) -> int:

@@ -6,16 +6,18 @@ import ctypes
 import json
 import os
 import secrets
+import shutil
 import signal
 import sys
 from pathlib import Path
 
 import psutil
-from traitlets import Int, List, Unicode, default
-from traitlets.config import LoggingConfigurable
+from traitlets import Bool, CaselessStrEnum, Int, List, Unicode, default
+from traitlets.config import Config, LoggingConfigurable, PyFileConfigLoader
 
 from . import db
 from .auth import UserStore
+from .isolation import sandbox
 
 _PR_SET_CHILD_SUBREAPER = 36
 
@@ -99,25 +101,68 @@ class WorkbenchUp(LoggingConfigurable):
         help="Users who are hub and workbench administrators.",
     ).tag(config=True)
 
+    isolation = CaselessStrEnum(
+        ["auto", "on", "off"],
+        "auto",
+        help="""Walls between users (docs/isolation.md): every session, job run, model build
+        and replica runs as its user's own unix account in a sandbox that shows it only its
+        project, its home and the software. `auto`: on when the workbench runs as root and the
+        kernel allows mount namespaces; `on`: refuse to start without them; `off`: every
+        user's code runs as the workbench's own unix user.""",
+    ).tag(config=True)
+
+    allow_shared_unix_user = Bool(
+        False,
+        help="""Without isolation every user's code runs as one unix user and can read every
+        project and the workbench's secrets, so the workbench then lets only its first
+        administrator log in. True lets every user log in anyway (a trusted team only).""",
+    ).tag(config=True)
+
     stop_timeout = Int(
         30, help="Seconds to wait for the hub to stop cleanly before killing what is left."
     ).tag(config=True)
+
+    def extra_config_path(self) -> Path:
+        return Path(self.config_file or Path(self.data_dir).resolve() / "workbench_config.py")
+
+    def file_config(self) -> Config:
+        """The configuration file's settings (empty when there is no file)."""
+        path = self.extra_config_path()
+        if not path.exists():
+            return Config()
+        return PyFileConfigLoader(path.name, str(path.parent)).load_config()
 
     @property
     def public_url(self) -> str:
         return f"http://{self.ip}:{self.port}"
 
+    def isolation_problem(self) -> str:
+        """Empty when isolation is on, else why it is off (raises if it must be on)."""
+        if self.isolation == "off":
+            return "isolation is off (c.WorkbenchUp.isolation)"
+        problem = sandbox.supported()
+        if not problem and not shutil.which("useradd"):
+            problem = "useradd is not installed"
+        if problem and self.isolation == "on":
+            raise RuntimeError(f"c.WorkbenchUp.isolation is 'on', but {problem}")
+        return problem
+
     def prepare(self) -> dict:
         """Create the data directory, secrets, first admin and hub configuration."""
         data = Path(self.data_dir).resolve()
         data.mkdir(parents=True, exist_ok=True)
+        data.chmod(0o700)  # secrets, databases, users, homes: the workbench's own account only
         Path(self.project_root).mkdir(parents=True, exist_ok=True)
         created_admin = self._ensure_first_admin(data)
+        problem = self.isolation_problem()
+        only_user = ""
+        if problem and not self.allow_shared_unix_user:
+            only_user = self.admin_users[0] if self.admin_users else "admin"
         if db.current_revision(self.db_url) is None:
             # A brand-new database starts at the newest schema; an old one is upgraded
             # only by the admin (`workbench upgrade-db`), and the service refuses it until then.
             db.upgrade_db(self.db_url)
-        extra = self.config_file or str(data / "workbench_config.py")
+        extra = str(self.extra_config_path())
         settings = {
             "data_dir": str(data),
             "ip": self.ip,
@@ -131,6 +176,8 @@ class WorkbenchUp(LoggingConfigurable):
             "proxy_token": _secret_file(data / "secrets" / "proxy-token"),
             "admin_users": list(self.admin_users),
             "config_file": extra if Path(extra).exists() else "",
+            "isolation": 0 if problem else 1,
+            "only_user": only_user,
         }
         load_extra = f"load_subconfig({extra!r})" if settings["config_file"] else ""
         config_path = data / "jupyterhub_config.py"
@@ -140,7 +187,15 @@ class WorkbenchUp(LoggingConfigurable):
             )
         )
         config_path.chmod(0o600)
-        return {"config_path": config_path, "created_admin": created_admin}
+        for private in ("users.json", "workbench.sqlite", "jupyterhub.sqlite"):
+            with contextlib.suppress(FileNotFoundError):
+                (data / private).chmod(0o600)
+        return {
+            "config_path": config_path,
+            "created_admin": created_admin,
+            "isolation_problem": problem,
+            "only_user": only_user,
+        }
 
     def _ensure_first_admin(self, data: Path) -> tuple[str, str] | None:
         store = UserStore(data / "users.json")
@@ -155,6 +210,9 @@ class WorkbenchUp(LoggingConfigurable):
         """Start the hub and supervise it until it ends or we are told to stop."""
         prepared = self.prepare()
         _become_subreaper()
+        # what the control plane writes into a project (run outputs) stays writable by the
+        # project's group; private files are created 0600 explicitly
+        os.umask(0o002)
         hub = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -167,7 +225,7 @@ class WorkbenchUp(LoggingConfigurable):
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stopping.set)
-        self._announce(prepared["created_admin"])
+        self._announce(prepared)
         hub_done = asyncio.ensure_future(hub.wait())
         stop_wait = asyncio.ensure_future(stopping.wait())
         await asyncio.wait([hub_done, stop_wait], return_when=asyncio.FIRST_COMPLETED)
@@ -200,8 +258,22 @@ class WorkbenchUp(LoggingConfigurable):
                 proc.kill()
         psutil.wait_procs(alive, timeout=5)
 
-    def _announce(self, created_admin) -> None:
+    def _announce(self, prepared: dict) -> None:
         lines = [f"Jupyter Workbench is starting at {self.public_url}"]
+        if prepared["isolation_problem"]:
+            lines.append(
+                f"WARNING: no walls between users: {prepared['isolation_problem']}. Every "
+                "user's code runs as this unix user and can read every project and the "
+                "workbench's secrets (docs/isolation.md)."
+            )
+            if prepared["only_user"]:
+                lines.append(
+                    f"Only {prepared['only_user']!r} may log in; set "
+                    "c.WorkbenchUp.allow_shared_unix_user = True to let everyone in anyway."
+                )
+        else:
+            lines.append("Each user's code runs as their own unix account, in a sandbox.")
+        created_admin = prepared["created_admin"]
         if created_admin:
             name, password = created_admin
             lines.append(f"First start: log in as {name!r} with password {password}")

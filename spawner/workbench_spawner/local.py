@@ -7,7 +7,10 @@ import sys
 
 from jupyterhub.spawner import SimpleLocalProcessSpawner
 from jupyterhub.utils import random_port
-from traitlets import Bool, Float, default
+from traitlets import Bool, Float, Instance, default
+
+from workbench_hub.isolation.config import Isolation
+from workbench_hub.isolation.sandbox import Bind, SandboxPolicy, enter
 
 from . import limits
 from .prewarm import PrewarmError, shared_server
@@ -18,9 +21,17 @@ class WorkbenchLocalSpawner(WorkbenchSpawnerMixin, SimpleLocalProcessSpawner):
     """Start a workbench session: JupyterLab in the project directory, with the project's
     role and the chosen resource profile applied.
 
-    Every session runs as the hub's own unix user (embedded mode has no system users), so the
-    limits are guard rails against accidents, not isolation between users.
+    With ``isolation.enabled`` (``workbench up`` as root) a session runs as its user's unix
+    account in a sandbox that shows it its project (read-only for viewers and operators), its
+    home and the software only (docs/isolation.md). Without it, every session runs as the
+    hub's own unix user and the limits are guard rails against accidents, not walls.
     """
+
+    isolation = Instance(Isolation, help="The walls around each session (docs/isolation.md).")
+
+    @default("isolation")
+    def _default_isolation(self):
+        return Isolation(parent=self)
 
     enforce_limits = Bool(
         True,
@@ -74,12 +85,25 @@ class WorkbenchLocalSpawner(WorkbenchSpawnerMixin, SimpleLocalProcessSpawner):
         self.notebook_dir = self._access.path.replace("{", "{{").replace("}", "}}")
         self.mem_limit = self._resources.memory
         self.cpu_limit = self._resources.cpu
+        self._sandbox = None
+        if self.isolation.enabled:
+            self._sandbox = await asyncio.to_thread(self._make_sandbox)
         address = await self._start_prewarmed() if self._prewarm_module() else None
         if address is None:
             address = await super().start()
         await self._wait_listening(*address)
         self._session_started()
         return address
+
+    def _make_sandbox(self) -> SandboxPolicy:
+        """The session's sandbox: the user's account, the project through its group. Blocking."""
+        accounts = self.isolation.accounts
+        account = accounts.ensure_user(self.user.name)
+        if account.home != self.home_dir:
+            raise ValueError("UnixAccounts.home_dir_template must be the spawner's")
+        gid = accounts.ensure_project_group(self._access.name, self._access.path)
+        bind = Bind(self._access.path, read_only=self._access.read_only)
+        return self.isolation.policy(account, [gid], [bind])
 
     def _prewarm_module(self) -> str | None:
         """The module the prewarm server can run for `cmd`, or None to start with Popen."""
@@ -109,6 +133,7 @@ class WorkbenchLocalSpawner(WorkbenchSpawnerMixin, SimpleLocalProcessSpawner):
                 self.home_dir,
                 memory=self._resources.memory if self.enforce_limits else None,
                 cpus=self._cpus() if self.enforce_limits else None,
+                sandbox=self._sandbox.to_dict() if self._sandbox else None,
             )
         except PrewarmError as e:
             self.log.warning(
@@ -134,8 +159,8 @@ class WorkbenchLocalSpawner(WorkbenchSpawnerMixin, SimpleLocalProcessSpawner):
     def get_args(self):
         """The sessions' JupyterLab arguments, and root allowed when the hub runs as root."""
         args = super().get_args()
-        if os.geteuid() == 0:
-            # embedded mode runs sessions as the hub's own user, which may be root
+        if os.geteuid() == 0 and not self.isolation.enabled:
+            # without isolation sessions run as the hub's own user, which may be root
             args.append("--ServerApp.allow_root=True")
         return args
 
@@ -148,8 +173,16 @@ class WorkbenchLocalSpawner(WorkbenchSpawnerMixin, SimpleLocalProcessSpawner):
         return env
 
     def make_preexec_fn(self, name):
-        """Prepare the home directory, then (with `enforce_limits`) apply the profile."""
+        """Enter the sandbox (with `isolation`), prepare the home directory, then (with
+        `enforce_limits`) apply the profile."""
         prepare_home = super().make_preexec_fn(name)
+        if self._sandbox is not None:
+            policy, then = self._sandbox, prepare_home
+
+            def prepare_home():
+                enter(policy)
+                then()
+
         if not self.enforce_limits:
             return prepare_home
         return limits.make_limits_preexec(self._resources.memory, self._cpus(), prepare_home)

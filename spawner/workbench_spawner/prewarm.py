@@ -12,8 +12,9 @@ Protocol, over a ``socketpair`` inherited by the server (nothing on the filesyst
 4-byte big-endian length and a JSON object.
 
 - server → hub, once: ``{"ready": true, "pid": N}`` or ``{"error": "..."}``;
-- hub → server, per session: ``{"module", "args", "env", "cwd", "memory", "cpus"}``
-  (``memory`` and ``cpus`` are ``null`` without limits);
+- hub → server, per session: ``{"module", "args", "env", "cwd", "memory", "cpus", "sandbox"}``
+  (``memory`` and ``cpus`` are ``null`` without limits, ``sandbox`` without isolation: else the
+  child enters that sandbox, as the session's unix account, before it becomes the session);
 - server → hub: ``{"pid": N}`` or ``{"error": "..."}``.
 
 The server forks *before* reading a request: the child reads it from the socket, so the
@@ -41,6 +42,7 @@ import tempfile
 import weakref
 from collections.abc import Iterable, Mapping
 
+from workbench_hub.isolation.sandbox import SandboxPolicy, enter
 from workbench_hub.runtime.procfs import reap_children
 
 from . import limits
@@ -227,12 +229,16 @@ def _become_session(request: dict) -> None:
     os.environ.clear()
     os.environ.update(request["env"])
     home = request["cwd"]
-    if request.get("memory") is not None:
-        limits.make_limits_preexec(
-            int(request["memory"]), set(request["cpus"]), lambda: _prepare_home(home)
-        )()
-    else:
+
+    def prepare() -> None:
+        if request.get("sandbox"):
+            enter(SandboxPolicy.from_dict(request["sandbox"]))
         _prepare_home(home)
+
+    if request.get("memory") is not None:
+        limits.make_limits_preexec(int(request["memory"]), set(request["cpus"]), prepare)()
+    else:
+        prepare()
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     random.seed()
@@ -385,6 +391,7 @@ class PrewarmServer:
         cwd: str,
         memory: int | None = None,
         cpus: Iterable[int] | None = None,
+        sandbox: dict | None = None,
     ) -> int:
         """Fork a session running ``python -m module *args``; return its pid."""
         await self.start()
@@ -397,6 +404,7 @@ class PrewarmServer:
             "cwd": cwd,
             "memory": memory,
             "cpus": sorted(cpus) if cpus is not None else None,
+            "sandbox": sandbox,
         }
         # A request, once sent, is seen through even if the caller is cancelled (the hub's
         # start timeout): its reply must not be read as the next request's, and a session that

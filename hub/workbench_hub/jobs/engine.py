@@ -35,7 +35,7 @@ from workbench_hub.jobs import END_STATES, cron, execution
 from workbench_hub.jobs.notify import EmailNotifier, Notifier, RunNotice
 from workbench_hub.jobs.snapshots import SnapshotMissing, SnapshotStore
 from workbench_hub.orm import Job, JobRun, Project
-from workbench_hub.runtime.base import KIND_LABEL, WorkloadNotFound
+from workbench_hub.runtime.base import KIND_LABEL, VolumeMount, WorkloadNotFound
 
 ACTIVE_STATES = ("queued", "running")
 SYSTEM_ACTOR = "workbench"
@@ -1078,6 +1078,14 @@ class JobEngine(LoggingConfigurable):
     def _workdir(self, run_id: int) -> Path:
         return Path(self.snapshot_dir, "work", str(run_id))
 
+    def _volumes(self, project: Project, working_dir: str) -> list[VolumeMount]:
+        """A run's volumes: its project and, for a rerun, the snapshot it works in."""
+        project_dir = str(self._project_dir(project))
+        volumes = [VolumeMount(source=project_dir, target=project_dir)]
+        if working_dir != project_dir:
+            volumes.append(VolumeMount(source=working_dir, target=working_dir))
+        return volumes
+
     def _prepare(self, run: JobRun, job: Job, project: Project) -> tuple[str, str, str] | str:
         """Blocking: (working dir, code hash, output dir) for a run, or why it cannot start."""
         project_dir = self._project_dir(project)
@@ -1178,6 +1186,7 @@ class JobEngine(LoggingConfigurable):
                 ),
                 working_dir=working_dir,
                 env=env,
+                volumes=self._volumes(project, working_dir),
                 resources=execution.profile_resources(profile),
                 timeout_seconds=job.timeout_seconds,
             )

@@ -4,7 +4,7 @@ import json
 import secrets
 import sys
 
-from workbench_hub.runtime.base import LABEL_PREFIX, Resources, WorkloadSpec
+from workbench_hub.runtime.base import LABEL_PREFIX, Resources, VolumeMount, WorkloadSpec
 
 RUN_LABEL = LABEL_PREFIX + "job-run"
 JOB_LABEL = LABEL_PREFIX + "job"
@@ -74,10 +74,12 @@ def make_run_spec(
     command: list[str],
     working_dir: str,
     env: dict[str, str],
+    volumes: list[VolumeMount],
     resources: Resources | None = None,
     timeout_seconds: int | None = None,
 ) -> WorkloadSpec:
-    """The WorkloadSpec of a job run, labelled with its run id and job name."""
+    """The WorkloadSpec of a job run, labelled with its run id and job name. `volumes` are
+    every directory it uses: its project's, and a rerun's snapshot working directory."""
     return WorkloadSpec(
         name=name,
         kind="job-run",
@@ -86,6 +88,7 @@ def make_run_spec(
         command=command,
         working_dir=working_dir,
         env=env,
+        volumes=volumes,
         resources=resources or Resources(),
         labels={RUN_LABEL: str(run_id), JOB_LABEL: job},
         timeout_seconds=timeout_seconds,

@@ -481,7 +481,10 @@ class ModelBuilder(LoggingConfigurable):
                 working_dir=str(project_dir),
                 env={**self.env, "PYTHONUNBUFFERED": "1"},
                 resources=self._resources(),
-                volumes=[VolumeMount(source=build.path, target=build.path)],
+                volumes=[
+                    VolumeMount(source=str(project_dir), target=str(project_dir), read_only=True),
+                    VolumeMount(source=build.path, target=build.path),
+                ],
             )
             await self.runtime.start(spec)
         except ValueError as e:

@@ -630,6 +630,9 @@ class KubernetesRuntime(Runtime):
         volumes: dict[str, dict] = {}
         for volume in spec.volumes:
             source = posixpath.normpath(volume.source)
+            if source == project_path and volume.target == project_path and not volume.sub_path:
+                mounts[0] = replace(mounts[0], read_only=volume.read_only)  # the project itself
+                continue
             if source == project_path or source.startswith(project_path + "/"):
                 sub_path = posixpath.normpath(
                     posixpath.join(posixpath.relpath(source, project_path), volume.sub_path)

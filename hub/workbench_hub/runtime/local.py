@@ -27,8 +27,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from traitlets import List, Unicode, validate
+from traitlets import Instance, List, Unicode, default, validate
 
+from workbench_hub.isolation.accounts import AccountError, own_tree
+from workbench_hub.isolation.config import Isolation
+from workbench_hub.isolation.sandbox import Bind
 from workbench_hub.runtime import procfs
 from workbench_hub.runtime.base import (
     ACTIVE_PHASES,
@@ -78,12 +81,15 @@ def _read_chunk(path: Path, offset: int) -> bytes:
 
 
 class LocalProcessRuntime(Runtime):
-    """Workloads as process trees on this host, run as the control plane's own user.
+    """Workloads as process trees on this host.
 
     Enforced: ``resources.memory`` as RLIMIT_AS (address space, per process),
     ``resources.cpu`` as CPU affinity to ``ceil(cpu)`` cores, ``resources.gpu == 0`` as an
-    empty ``CUDA_VISIBLE_DEVICES``. Volume sources are host directories; ``read_only`` is
-    not enforced.
+    empty ``CUDA_VISIBLE_DEVICES``. Volume sources are host directories. With
+    ``isolation.enabled`` each workload runs as ``spec.user``'s unix account in a sandbox that
+    shows it only its volumes (``read_only`` enforced), that user's home and the software
+    (docs/isolation.md); without it, as the control plane's own user, ``read_only`` not
+    enforced.
     """
 
     state_dir = Unicode(
@@ -100,6 +106,12 @@ class LocalProcessRuntime(Runtime):
         environment unless the spec sets them. Nothing else of the control plane's
         environment reaches a workload.""",
     ).tag(config=True)
+
+    isolation = Instance(Isolation, help="The walls around each workload (docs/isolation.md).")
+
+    @default("isolation")
+    def _default_isolation(self):
+        return Isolation(parent=self)
 
     @validate("state_dir")
     def _absolute_state_dir(self, proposal: dict[str, Any]) -> str:
@@ -165,8 +177,16 @@ class LocalProcessRuntime(Runtime):
         if existing is not None:
             return existing
         cwd = await self._run(self._check_local, spec)
+        sandbox = None
+        if self.isolation.enabled:
+            try:
+                sandbox = await self._run(self._sandbox, spec, cwd)
+            except (AccountError, OSError) as e:
+                raise ValueError(f"cannot build the workload's sandbox: {e}") from None
         ports = {port_name: _free_port() for port_name in spec.ports}
         env = {key: os.environ[key] for key in self.env_keep if key in os.environ}
+        if sandbox is not None:
+            env["HOME"] = sandbox["home"]
         env.update(spec.env)
         env.update({port_env_name(port_name): str(port) for port_name, port in ports.items()})
         if spec.resources.gpu == 0:
@@ -182,7 +202,7 @@ class LocalProcessRuntime(Runtime):
         try:
             if not await self._run(self._create, spec, record):
                 return await self.status(spec.name)  # a concurrent start won
-            await self._launch(spec.name, cwd, env, spec)
+            await self._launch(spec.name, cwd, env, spec, sandbox and sandbox["policy"])
         finally:
             self._starting[spec.name] -= 1
             if not self._starting[spec.name]:
@@ -190,7 +210,32 @@ class LocalProcessRuntime(Runtime):
         self.log.info("Started %s %s for %s in %s", spec.kind, spec.name, spec.user, spec.project)
         return await self.status(spec.name)
 
-    async def _launch(self, name: str, cwd: Path, env: dict[str, str], spec: WorkloadSpec) -> None:
+    def _sandbox(self, spec: WorkloadSpec, cwd: Path) -> dict[str, Any]:
+        """The workload's sandbox: ``spec.user``'s account, its volumes (a project volume
+        through the project's group, any other writable one owned by the account). Blocking."""
+        isolation = self.isolation
+        if not any(cwd.is_relative_to(Path(v.source, v.sub_path).resolve()) for v in spec.volumes):
+            raise ValueError(f"working_dir {spec.working_dir!r} is in none of the volumes")
+        account = isolation.accounts.ensure_user(spec.user)
+        groups, binds = [], []
+        for volume in spec.volumes:
+            source = Path(volume.source, volume.sub_path).resolve()
+            if isolation.is_project_dir(str(source), spec.project):
+                groups.append(isolation.accounts.ensure_project_group(spec.project, source))
+            elif not volume.read_only:
+                own_tree(source, account.uid, account.gid)
+            binds.append(Bind(str(source), volume.read_only))
+        policy = isolation.policy(account, groups, binds)
+        return {"home": account.home, "policy": policy.to_dict()}
+
+    async def _launch(
+        self,
+        name: str,
+        cwd: Path,
+        env: dict[str, str],
+        spec: WorkloadSpec,
+        sandbox: dict[str, Any] | None,
+    ) -> None:
         config = {
             "dir": str(self._dir(name)),
             "command": spec.command,
@@ -198,6 +243,7 @@ class LocalProcessRuntime(Runtime):
             "env": env,
             "memory": spec.resources.memory,
             "cpus": self._cpus(spec),
+            "sandbox": sandbox,
         }
         proc = await asyncio.create_subprocess_exec(
             sys.executable,

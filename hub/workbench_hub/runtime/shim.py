@@ -1,13 +1,14 @@
 """Workload supervisor, started as ``python -m workbench_hub.runtime.shim`` (stdlib only).
 
 The launcher reads one JSON object from stdin (``dir``, ``command``, ``cwd``, ``env``,
-``memory``, ``cpus``), forks the supervisor into its own session, records the supervisor's
-pid and start time in ``<dir>/state.json`` and exits at once, so the supervisor outlives
-the control plane. The supervisor:
+``memory``, ``cpus``, ``sandbox``), forks the supervisor into its own session, records the
+supervisor's pid and start time in ``<dir>/state.json`` and exits at once, so the supervisor
+outlives the control plane. The supervisor:
 
 * runs the command in its own process group with ``cwd``, exactly ``env``, stdin from
   ``/dev/null``, stdout and stderr appended to ``<dir>/output.log``, RLIMIT_AS = ``memory``,
-  CPU affinity = ``cpus`` and SIGKILL as parent-death signal;
+  CPU affinity = ``cpus``, SIGKILL as parent-death signal and, when ``sandbox`` is set, inside
+  that sandbox (``workbench_hub.isolation.sandbox``: the user's account, only what it may see);
 * forwards SIGTERM, SIGINT and SIGHUP to the command's process group as SIGTERM;
 * adopts orphaned descendants (child subreaper) and, once the command ends, kills every
   process it left behind;
@@ -30,6 +31,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from workbench_hub.isolation.sandbox import SandboxPolicy, enter
 from workbench_hub.runtime.procfs import descendants, read_stat, reap_children
 
 _PR_SET_PDEATHSIG = 1
@@ -48,8 +50,19 @@ def _write_exit(workdir: Path, code: int | None, message: str) -> None:
     _write_json(workdir / "exit.json", record)
 
 
+def _prepare_child(parent: int, config: dict) -> None:
+    """Run in the forked child before exec: limits, death signal, then the sandbox."""
+    _limit_child(parent, config["memory"], config["cpus"])
+    if config.get("sandbox"):
+        try:
+            enter(SandboxPolicy.from_dict(config["sandbox"]), cwd=config["cwd"])
+        except OSError as exc:
+            os.write(2, f"workbench: cannot enter the workload's sandbox: {exc}\n".encode())
+            raise
+
+
 def _limit_child(parent: int, memory: int | None, cpus: list[int] | None) -> None:
-    """Run in the forked child before exec: apply limits, die with the supervisor."""
+    """Apply limits; die with the supervisor."""
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:  # the supervisor died before the death signal was armed
         os._exit(1)
@@ -107,7 +120,7 @@ def _supervise(config: dict) -> None:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 process_group=0,
-                preexec_fn=lambda: _limit_child(supervisor, config["memory"], config["cpus"]),
+                preexec_fn=lambda: _prepare_child(supervisor, config),
             )
     except (OSError, subprocess.SubprocessError) as exc:
         code = 126 if isinstance(exc, PermissionError) else 127
