@@ -28,7 +28,7 @@ from traitlets import (
 )
 from traitlets.config import Application
 
-from workbench_hub import __version__
+from workbench_hub import __version__, redact
 from workbench_hub.db import Database, SchemaError
 from workbench_hub.handlers import api_handlers
 from workbench_hub.handlers.base import NotFoundHandler
@@ -173,10 +173,19 @@ class WorkbenchService(Application):
 
     admin_roles = Set(
         Unicode(),
-        {"admin", "workbench-admin"},
-        help="""Hub roles whose members are workbench admins when the service looks a user
-        up (spawn options for the spawner). A user's own requests are judged by their
-        token's scopes (custom:workbench:admin) and the hub admin flag instead.""",
+        {"workbench-admin"},
+        help="""Hub roles holding custom:workbench:admin: their members are workbench admins
+        when the service looks a user up (spawn options for the spawner). A request is judged
+        by its token's scopes alone. Hub admins are members of workbench-admin
+        (hubconfig.follow_hub_admins); add any other role you give the scope.""",
+    ).tag(config=True)
+
+    auth_cache_seconds = Int(
+        5,
+        min=1,
+        help="""Seconds the service keeps the hub's answer about a token or OAuth cookie
+        (who it is, its scopes): a revoked or expired token stops working at most this long
+        after. At least 1 (JupyterHub's HubAuth would take 0 as "forever").""",
     ).tag(config=True)
 
     git_url_schemes = List(
@@ -218,6 +227,7 @@ class WorkbenchService(Application):
         return project_path(self.project_root, name)
 
     def initialize(self, argv=None) -> None:
+        redact.install()
         super().initialize(argv)
         if self.config_file:
             self.load_config_file(self.config_file)
@@ -227,7 +237,7 @@ class WorkbenchService(Application):
         prefix = url_path_join(self.service_prefix, "/")
         api_prefix = url_path_join(prefix, "api/v1/")
         # the singleton: HubOAuthCallbackHandler finds its OAuth states there
-        hub_auth = HubOAuth.instance(parent=self, cache_max_age=60)
+        hub_auth = HubOAuth.instance(parent=self, cache_max_age=self.auth_cache_seconds)
         routes = [
             *api_handlers(api_prefix),
             (url_path_join(prefix, "oauth_callback"), HubOAuthCallbackHandler),

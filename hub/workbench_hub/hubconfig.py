@@ -2,8 +2,19 @@
 
 import sys
 
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+from workbench_hub import redact
+
 SERVICE_NAME = "workbench"
 PROXY_STREAM_TIMEOUT_MS = 6 * 3600 * 1000
+#: the hub role granting custom:workbench:admin, held by every hub admin (follow_hub_admins)
+ADMIN_ROLE = "workbench-admin"
+#: seconds a session trusts the hub's answer about a token (the control plane's default of
+#: WorkbenchService.auth_cache_seconds): revoked and expired tokens stop working within it
+SESSION_AUTH_CACHE_SECONDS = 5
 
 CUSTOM_SCOPES = {
     "custom:workbench:use": {
@@ -16,8 +27,54 @@ CUSTOM_SCOPES = {
 }
 
 
+def follow_hub_admins() -> None:
+    """Keep every hub admin, and only them, in the role `ADMIN_ROLE`, from now on.
+
+    JupyterHub refuses extra scopes on its built-in `admin` role, so custom:workbench:admin
+    comes from a role of our own. All the ways to become or stop being a hub admin (admin_users,
+    the authenticator's answer at login, ``PATCH /hub/api/users/{name}``) set `User.admin`;
+    before each flush of the hub's database the role follows that flag, and when load_roles
+    reset the role's members at start, every admin is put back.
+    """
+    if not event.contains(Session, "before_flush", _admins_follow):
+        event.listen(Session, "before_flush", _admins_follow)
+
+
+def _admins_follow(session: Session, flush_context, instances) -> None:
+    from jupyterhub import orm
+
+    users = [
+        obj
+        for obj in (*session.new, *session.dirty)
+        if isinstance(obj, orm.User) and sa.inspect(obj).attrs.admin.history.has_changes()
+    ]
+    reset = any(isinstance(obj, orm.Role) and obj.name == ADMIN_ROLE for obj in session.dirty)
+    if not (users or reset):
+        return
+    role = orm.Role.find(session, ADMIN_ROLE)
+    if role is None:
+        return
+    if reset:
+        users += session.query(orm.User).filter(orm.User.admin.is_(True)).all()
+    for user in users:
+        if user.admin and role not in user.roles:
+            user.roles.append(role)
+        elif not user.admin and role in user.roles:
+            user.roles.remove(role)
+
+
+def configure_hub_security(c) -> None:
+    """What every workbench hub needs (``workbench up`` and the Helm chart's hub alike): log
+    lines without secrets, hub admins in `ADMIN_ROLE`, sessions trusting a token 5 s at most."""
+    redact.install()
+    follow_hub_admins()
+    # jupyterhub-singleuser would trust a token for HubAuth's default of 5 minutes
+    c.Spawner.args.append(f"--HubOAuth.cache_max_age={SESSION_AUTH_CACHE_SECONDS}")
+
+
 def configure_hub(c, settings: dict) -> None:
     """Fill a JupyterHub config object from ``workbench up``'s settings."""
+    configure_hub_security(c)
     s = settings
     public_url = f"http://{s['ip']}:{s['port']}"
     service_url = f"http://127.0.0.1:{s['service_port']}"
@@ -93,10 +150,9 @@ def configure_hub(c, settings: dict) -> None:
             "scopes": ["self", "custom:workbench:use", f"access:services!service={SERVICE_NAME}"],
         },
         {
-            "name": "workbench-admin",
-            "description": "Workbench administrators (hub admins are administrators too).",
+            "name": ADMIN_ROLE,
+            "description": "Workbench administrators: the hub admins (follow_hub_admins).",
             "scopes": ["custom:workbench:admin", f"access:services!service={SERVICE_NAME}"],
-            "users": sorted(s.get("admin_users", [])),
         },
         {
             "name": "workbench-service",

@@ -8,18 +8,32 @@ that forwards the status, headers and each body chunk as they arrive.
 It also balances: a route whose data holds ``"workbench_targets": [url, …]`` (model replicas,
 docs/models.md) sends each request to the next of those targets in turn, and on to the next one
 when a target cannot be reached before it answered (a replica that was just stopped or died).
+
+Request bodies are collected as they arrive (a balanced request may have to be sent again, to
+the next target) and forwarded whole with a Content-Length, also when the client sent them
+chunked. A chunked body to a balanced route larger than ``--model-max-body-bytes``
+(default: the replicas' own limit, ``ModelSupervisor.max_body_bytes``) gets a 413 JSON answer as
+soon as it passes the limit; the rest is read and dropped, never kept, so the client can read
+that answer. Bodies with a Content-Length are left to the replica, which refuses them from the
+header. Every log line of the process goes through `workbench_hub.redact`.
 """
 
 import itertools
+import json
 import urllib.parse
 
+import click
 from configurable_http_proxy import cli, configproxy
 from configurable_http_proxy.handlers import ProxyHandler
-from tornado import httputil
+from tornado import httputil, web
 from tornado.httpclient import AsyncHTTPClient
+
+from workbench_hub import redact
 
 #: Headers of one hop that the proxy must not forward (tornado frames the response itself).
 HOP_HEADERS = frozenset({"content-length", "transfer-encoding", "content-encoding", "connection"})
+#: default of --model-max-body-bytes: the replicas' default limit (1 MiB)
+MODEL_MAX_BODY_BYTES = 1024**2
 
 
 #: per balanced route prefix, the counter that picks the next target
@@ -30,10 +44,50 @@ class _NotReached(Exception):
     """A balanced target failed before answering: try the next one."""
 
 
+@web.stream_request_body
 class StreamingProxyHandler(ProxyHandler):
     """Proxies HTTP requests chunk by chunk; websockets and routing are the library's."""
 
+    #: largest chunked request body to a balanced route (set from the command line)
+    model_max_body_bytes = MODEL_MAX_BODY_BYTES
+
+    def prepare(self) -> None:
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._refused = False
+        self._limit = None
+        if "Content-Length" not in self.request.headers and self.path_args:
+            target = self.proxy.target_for_req(None, self.path_args[0])
+            route = self.proxy.get_route(target["prefix"]) if target else None
+            if route and route.get("workbench_targets"):
+                self._limit = self.model_max_body_bytes
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._refused:
+            return
+        self._size += len(chunk)
+        if self._limit is not None and self._size > self._limit:
+            self._refuse()
+            return
+        self._chunks.append(chunk)
+
+    def _refuse(self) -> None:
+        """Answer 413 now; the body's remaining chunks are dropped as they arrive."""
+        self._refused, self._chunks = True, []
+        message = f"the body is larger than {self._limit} bytes"
+        body = json.dumps({"success": False, "error": message}).encode()
+        self.set_status(413)
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Content-Length", len(body))
+        self.write(body)
+        self.flush()
+
     async def call_proxy(self, path=None):
+        if self._refused:
+            self.finish()
+            return
+        self.request.body = b"".join(self._chunks)
+        self._chunks = []
         url = await self.get_target_url(path)
         if url is None:
             return
@@ -61,6 +115,9 @@ class StreamingProxyHandler(ProxyHandler):
 
     async def _forward(self, url: str, last: bool) -> None:
         request = self._get_proxy_request(url)
+        # the body goes on whole, with a Content-Length: never also as chunked
+        for name in [name for name in request.headers if name.lower() == "transfer-encoding"]:
+            del request.headers[name]
         # the library decompresses and drops content-encoding: keep that behaviour
         request.decompress_response = True
         upstream_headers = httputil.HTTPHeaders()
@@ -106,10 +163,35 @@ class StreamingProxyHandler(ProxyHandler):
                 self.add_header(name, value)
 
 
+def _run(model_max_body_bytes: int, **options) -> None:
+    StreamingProxyHandler.model_max_body_bytes = model_max_body_bytes
+    cli.main.callback(**options)
+
+
+#: configurable-http-proxy's command line plus the workbench's own option
+command = click.Command(
+    "workbench-proxy",
+    callback=_run,
+    params=[
+        *cli.main.params,
+        click.Option(
+            ["--model-max-body-bytes"],
+            type=click.IntRange(min=1),
+            default=MODEL_MAX_BODY_BYTES,
+            show_default=True,
+            help="Largest chunked request body a model route (a route with workbench_targets) "
+            "takes; a larger one gets 413. Keep it equal to ModelSupervisor.max_body_bytes.",
+        ),
+    ],
+    help=cli.main.help,
+)
+
+
 def main() -> None:
-    """Run configurable-http-proxy with the streaming handler."""
+    """Run configurable-http-proxy with the streaming handler and redacted logs."""
+    redact.install()
     configproxy.ProxyHandler = StreamingProxyHandler
-    cli.main()
+    command()
 
 
 if __name__ == "__main__":

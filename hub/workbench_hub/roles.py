@@ -45,7 +45,6 @@ class Identity:
     kind: str = "user"
     groups: frozenset[str] = field(default_factory=frozenset)
     scopes: frozenset[str] = field(default_factory=frozenset)
-    hub_admin: bool = False
 
     @property
     def can_use(self) -> bool:
@@ -53,8 +52,8 @@ class Identity:
 
     @property
     def is_admin(self) -> bool:
-        """Workbench admin: a token with the admin scope, or a hub admin."""
-        return ADMIN_SCOPE in self.scopes or self.hub_admin
+        """Workbench admin: the token carries the admin scope (hub admins' tokens may)."""
+        return ADMIN_SCOPE in self.scopes
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,8 @@ import signal
 import socket
 import sys
 
+from workbench_hub import redact
+
 from .loader import ModelLoadError, load_function
 
 EXIT_BAD_MODEL = 2
@@ -101,6 +103,7 @@ def main(argv=None) -> int:
     )
     for noisy in ("httpx", "httpcore"):  # one line per control-plane call otherwise
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    redact.install()  # no access key or token in any line, even one a library writes
 
     try:
         func = load_function(os.getcwd(), args.file, args.function)

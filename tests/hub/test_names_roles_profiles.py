@@ -23,9 +23,9 @@ def test_invalid_names(name):
         validate_name(name)
 
 
-def who(name="u", groups=(), admin_scope=False, hub_admin=False) -> Identity:
+def who(name="u", groups=(), admin_scope=False) -> Identity:
     scopes = {USE_SCOPE} | ({ADMIN_SCOPE} if admin_scope else set())
-    return Identity(name, groups=frozenset(groups), scopes=frozenset(scopes), hub_admin=hub_admin)
+    return Identity(name, groups=frozenset(groups), scopes=frozenset(scopes))
 
 
 OWNED_BY_ALICE = {
@@ -58,9 +58,9 @@ OWNED_BY_ENG = {v: Ownership("team", "eng", v) for v in ("private", "team", "pub
         (who("dave", groups={"ops"}), OWNED_BY_ENG["public"], None, Role.VIEWER),
         # a user named like the team is not its owner
         (who("eng"), OWNED_BY_ENG["private"], None, None),
-        # workbench admins (scope or hub admin flag) are admin everywhere
+        # workbench admins (the admin scope on the token) are admin everywhere
         (who("root", admin_scope=True), OWNED_BY_ALICE["private"], None, Role.ADMIN),
-        (who("root", hub_admin=True), OWNED_BY_ENG["private"], None, Role.ADMIN),
+        (who("root", admin_scope=True), OWNED_BY_ENG["private"], None, Role.ADMIN),
     ],
 )
 def test_effective_role(caller, project, collaborator, expected):
@@ -78,7 +78,7 @@ def test_role_order_and_read_only():
 def test_identity_needs_use_scope():
     assert not Identity("x", scopes=frozenset({"access:services"})).can_use
     assert Identity("x", scopes=frozenset({USE_SCOPE})).can_use
-    assert Identity("x", hub_admin=True).can_use
+    assert Identity("x", scopes=frozenset({ADMIN_SCOPE})).can_use
 
 
 @pytest.mark.parametrize(

@@ -95,7 +95,6 @@ class APIHandler(HubOAuthenticated, web.RequestHandler):
             kind=kind,
             groups=frozenset(groups or ()),
             scopes=frozenset(model.get("scopes") or ()),
-            hub_admin=bool(model.get("admin")),
         )
 
     @property

@@ -5,7 +5,7 @@ from sqlalchemy import select
 from workbench_hub.handlers.base import APIError, APIHandler
 from workbench_hub.orm import Collaborator, Project
 from workbench_hub.profiles import profiles_for
-from workbench_hub.roles import Identity, Role, effective_role
+from workbench_hub.roles import ADMIN_SCOPE, USE_SCOPE, Identity, Role, effective_role
 
 
 class SpawnOptionsHandler(APIHandler):
@@ -49,18 +49,18 @@ class SpawnOptionsHandler(APIHandler):
         self.write_json({"projects": options, "profiles": profiles})
 
     async def _target(self, user: str) -> Identity:
-        """The identity of `user` as the effective-role rule sees it."""
+        """The identity of `user` as the effective-role rule sees it: a workbench admin if a
+        role of theirs grants the admin scope (`WorkbenchService.admin_roles`)."""
         if user == self.identity.name and not self.is_service:
             return self.identity
         model = await self.hub.get_user(user)
         if model is None:
             raise APIError(404, f"no such user {user!r} in the hub", field="user")
-        roles = set(model.get("roles") or ())
+        scopes = {USE_SCOPE}
+        if set(model.get("roles") or ()) & self.service.admin_roles:
+            scopes.add(ADMIN_SCOPE)
         return Identity(
-            name=user,
-            groups=frozenset(model.get("groups") or ()),
-            scopes=frozenset({"custom:workbench:use"}),
-            hub_admin=bool(model.get("admin")) or bool(roles & self.service.admin_roles),
+            name=user, groups=frozenset(model.get("groups") or ()), scopes=frozenset(scopes)
         )
 
 
