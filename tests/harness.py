@@ -95,9 +95,9 @@ class Workbench:
             self.command(), stdout=self.log_file, stderr=subprocess.STDOUT, env=env
         )
         self.wait_ready(timeout)
-        found = re.search(r"password (\S+)", self.log_path.read_text())
-        if found:
-            self.admin_password = found.group(1)
+        first = self.data_dir / "secrets" / "first-admin-password"
+        if "First start" in self.log_path.read_text():
+            self.admin_password = first.read_text().strip()
         return self
 
     def wait_ready(self, timeout: float) -> None:

@@ -113,6 +113,20 @@ def configure_hub(c, settings: dict) -> None:
     c.WorkbenchLocalSpawner.workbench_api_token = s["service_token"]
     c.WorkbenchLocalSpawner.public_api_url = f"{public_url}{prefix}/api/v1"
     c.WorkbenchLocalSpawner.home_dir_template = f"{s['data_dir']}/homes/{{username}}"
+    # the walls between users (docs/isolation.md), the same in the hub and the control plane
+    walls = {
+        "Isolation.enabled": bool(s.get("isolation")),
+        "Isolation.project_root": s["project_root"],
+        "Isolation.hidden_paths": [s["data_dir"], s["project_root"]],
+        "UnixAccounts.home_dir_template": f"{s['data_dir']}/homes/{{username}}",
+        "UnixAccounts.uid_record": f"{s['data_dir']}/unix-uids",
+    }
+    isolation = []
+    for key, value in walls.items():
+        section, trait = key.split(".")
+        c[section][trait] = value
+        isolation += [f"--{key}={v}" for v in (value if isinstance(value, list) else [value])]
+    c.WorkbenchAuthenticator.only_user = s.get("only_user", "")
 
     command = [
         sys.executable,
@@ -125,6 +139,7 @@ def configure_hub(c, settings: dict) -> None:
         f"--ProxyRoutes.api_url=http://127.0.0.1:{s['proxy_api_port']}",
         # replicas end with the workbench: stop them first, so they flush their metrics
         "--ModelSupervisor.stop_replicas_on_exit=True",
+        *isolation,
     ]
     if s.get("config_file"):
         command.append(f"--WorkbenchService.config_file={s['config_file']}")

@@ -52,7 +52,8 @@ SOURCE = textwrap.dedent(
 
 
     def call(url, token):
-        request = urllib.request.Request(url, headers={{"Authorization": "token " + token}})
+        headers = {{"Authorization": "token " + token}} if token else {{}}
+        request = urllib.request.Request(url, headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=10) as r:
                 return r.status
@@ -85,7 +86,7 @@ SOURCE = textwrap.dedent(
         found["other_pids"] = len(others)
         # every token this workload holds, against what only administrators may do
         tokens = [v for v in os.environ.values() if re.fullmatch(r"[A-Za-z0-9_]{{20,}}", v)]
-        for token in tokens:
+        for token in ["", *tokens]:
             for url in CONFIG["admin_urls"]:
                 found["uses"].append([url, call(url, token)])
         found["uid"] = os.getuid()
@@ -103,7 +104,8 @@ SOURCE = textwrap.dedent(
 
 
 def probe_source(config: dict) -> str:
-    """The probe for `config`: ``read``, ``write`` and ``list`` (paths), ``admin_urls``."""
+    """The probe for `config`: ``read``, ``write`` and ``list`` (paths), ``admin_urls`` (called
+    with no token and with each token-like value of the workload's environment)."""
     return SOURCE.format(config=json.dumps(config))
 
 

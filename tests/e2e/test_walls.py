@@ -10,7 +10,9 @@ every log for every token, key and password issued. Every attempt is recorded; t
 the tally and fails on any breach or 5xx.
 """
 
+import json
 import os
+import re
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -131,11 +133,23 @@ def test_attack_list(wb):
         **{f"{name}'s API token": token for name, token in tokens.items()},
     }
     known = {hashlib.sha256(v.encode()).hexdigest(): k for k, v in secret_values.items()}
+    ports = json.loads(
+        re.search(
+            r"configure_hub\(c, (\{.*?\})\)", (data / "jupyterhub_config.py").read_text(), re.S
+        ).group(1)
+    )
+    internal = {
+        "hub": f"http://127.0.0.1:{ports['hub_port']}/hub/api",
+        "control plane": f"http://127.0.0.1:{ports['service_port']}/services/workbench/api/v1",
+    }
     admin_urls = [
         f"{wb.url}/hub/api/users/alice",
         f"{wb.url}/hub/api/users/alice/tokens",
         f"{wb.api_url}/audit",
         f"{wb.api_url}/users/alice/spawn-options",
+        f"{internal['hub']}/users",
+        f"{internal['control plane']}/audit",
+        f"http://127.0.0.1:{ports['proxy_api_port']}/api/routes",
     ]
 
     def config(project: str, writes=()):

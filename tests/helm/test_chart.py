@@ -438,6 +438,9 @@ def test_default_configuration(rendered, tmp_path, monkeypatch):
     roles = {r["name"]: r for r in hub.JupyterHub.load_roles}
     assert {"jupyterhub-idle-culler", "user", "workbench-admin", "workbench-service"} <= set(roles)
     assert roles["workbench-service"]["services"] == ["workbench"]
+    # as in `workbench up`: sessions trust a token 5 s at most (revocation), hub admins follow
+    assert "--HubOAuth.cache_max_age=5" in hub.Spawner.args.get_value([])
+    assert "users" not in roles["workbench-admin"]
     # the shared part is loaded by the hub too
     assert hub.UserNamespaces.hub_namespace == NAMESPACE
 
