@@ -78,6 +78,8 @@ def time_spawns(url, hub_token, user_token, user, server, count, body=None) -> l
 
 def bench_workbench(count):
     wb = Workbench().start()
+    isolated = "own unix account" in wb.log_path.read_text()
+    print(f"workbench sessions: {'isolated' if isolated else 'NOT isolated'} (docs/isolation.md)")
     try:
         token = wb.user_token("bench")
         r = httpx.post(

@@ -168,7 +168,11 @@ def test_uids_are_never_reused_and_a_deleted_users_home_is_kept(data, names):
         home_dir_template=str(data / "homes" / "{username}"), uid_record=str(data / "unix-uids")
     )
     first, second = names["users"]
+    earlier = data / "homes" / first / ".jupyter"  # a home used before isolation was on
+    earlier.mkdir(parents=True)
+    (earlier / "settings.json").write_text("{}")
     a = accounts.ensure_user(first)
+    assert (earlier / "settings.json").stat().st_uid == a.uid
     assert accounts.ensure_user(first) == a  # found, not made again
     Path(a.home, "work.txt").write_text("keep me")
     kept = accounts.remove_user(first)

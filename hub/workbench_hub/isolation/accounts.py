@@ -167,7 +167,7 @@ class UnixAccounts(LoggingConfigurable):
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         st = path.lstat()
         if (st.st_uid, st.st_gid) != (entry.pw_uid, entry.pw_gid):
-            os.chown(path, entry.pw_uid, entry.pw_gid, follow_symlinks=False)
+            own_tree(path, entry.pw_uid, entry.pw_gid)  # new, or used before isolation was on
             path.chmod(0o700)
         return Account(name=name, uid=entry.pw_uid, gid=entry.pw_gid, home=home)
 
