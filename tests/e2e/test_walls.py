@@ -50,7 +50,8 @@ class Tally:
             self.breaches.append(f"{what}: {response.status_code} {response.text[:200]}")
         elif response.status_code >= 400:
             body = response.json()  # users never see a traceback, always a JSON error
-            if "message" not in body or "Traceback" in response.text:
+            # the workbench's shape, or Cloudera's on model routes (CML-COMPAT.md)
+            if not ({"message", "error"} & set(body)) or "Traceback" in response.text:
                 self.breaches.append(f"{what}: error without a message: {response.text[:200]}")
 
 
@@ -81,11 +82,12 @@ def judge(tally: Tally, who: str, result: dict, own: list[Path], known: dict) ->
     """Record every attempt of one probe: only its `own` directories may be read (and the
     directories leading to them listed)."""
     for path, outcome in result["reads"].items():
-        allowed = not path.startswith("/") or any(Path(path).is_relative_to(o) for o in own)
-        tally.check(f"{who} read {path}", outcome["ok"] and not allowed)
-        if outcome["ok"]:
-            leaked = {known[h] for h in set(outcome["words"]) & set(known)}
-            tally.check(f"{who} read a secret in {path}: {leaked}", bool(leaked))
+        if not path.startswith("/"):  # through a link in its own directory: what came out?
+            leaked = {known[h] for h in set(outcome.get("words", ())) & set(known)}
+            tally.check(f"{who} read a secret through {path}: {leaked}", bool(leaked))
+        else:
+            allowed = any(Path(path).is_relative_to(o) for o in own)
+            tally.check(f"{who} read {path}", outcome["ok"] and not allowed)
     for path, outcome in result["writes"].items():
         tally.check(f"{who} wrote {path}", outcome["ok"])
     skeleton = {part for o in own for part in o.parts}
@@ -396,3 +398,33 @@ def test_attack_list(wb):
     for line in tally.breaches + tally.server_errors:
         print("  -", line)
     assert not tally.breaches and not tally.server_errors, tally.breaches + tally.server_errors
+
+
+def test_without_walls_the_same_probe_finds_the_secrets():
+    """The control: with isolation off, the probe of the attack list does read another user's
+    project and the service token (so the attack test can see a breach)."""
+    config = 'c.WorkbenchUp.isolation = "off"\nc.WorkbenchUp.allow_shared_unix_user = True\n'
+    wb = Workbench(extra_config=config).start()
+    try:
+        data = wb.data_dir.resolve()
+        tokens = {name: wb.user_token(name) for name in ("alice", "carol")}
+        for owner, project in (("alice", "vault"), ("carol", "carols")):
+            assert client(wb, tokens[owner]).post("/projects", json={"name": project}).is_success
+        (data / "projects" / "vault" / "secret.txt").write_text("alice's")
+        r = wb.hub("POST", "/users/carol/servers/carols")
+        assert r.status_code in (201, 202), r.text
+        wait_for(
+            lambda: wb.hub("GET", "/users/carol").json()["servers"].get("carols", {}).get("ready"),
+            120,
+            "carol's session",
+        )
+        targets = [
+            str(data / "projects" / "vault" / "secret.txt"),
+            str(data / "secrets" / "service-token"),
+        ]
+        source = probe_source({"read": targets, "write": [], "list": [str(data)], "admin_urls": []})
+        result = parse(run_code(f"{wb.url}/user/carol/carols", tokens["carol"], source))
+        assert all(result["reads"][path]["ok"] for path in targets), result["reads"]
+        assert "secrets" in result["lists"][str(data)]["names"]
+    finally:
+        wb.stop()
