@@ -85,8 +85,17 @@ class WorkbenchService(Application):
         Default: SQLite file workbench.sqlite in data_dir.""",
     ).tag(config=True)
 
+    db_url_file = Unicode(
+        "",
+        help="""File holding `db_url` (one line), read when db_url is not set: a URL with a
+        password then appears on no command line. `workbench up` writes
+        `<data_dir>/secrets/db-url` (mode 0600).""",
+    ).tag(config=True)
+
     @default("db_url")
     def _db_url_default(self):
+        if self.db_url_file:
+            return Path(self.db_url_file).read_text().strip()
         return f"sqlite:///{Path(self.data_dir).resolve() / 'workbench.sqlite'}"
 
     project_root = Unicode(

@@ -132,7 +132,8 @@ def configure_hub(c, settings: dict) -> None:
         sys.executable,
         "-m",
         "workbench_hub",
-        f"--WorkbenchService.db_url={s['db_url']}",
+        # the URL may hold a password: from a 0600 file, never on a command line
+        f"--WorkbenchService.db_url_file={s['db_url_file']}",
         f"--WorkbenchService.project_root={s['project_root']}",
         f"--WorkbenchService.data_dir={s['data_dir']}",
         f"--WorkbenchService.public_hub_url={public_url}",

@@ -39,6 +39,15 @@ def _become_subreaper() -> None:
         libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
+def _private_file(path: Path, value: str) -> Path:
+    """Write `value` to a file only this account may read (replacing it)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value)
+    return path
+
+
 def _secret_file(path: Path, nbytes: int = 32) -> str:
     """Read a secret from a 0600 file, creating it on first use."""
     if path.exists():
@@ -172,7 +181,7 @@ class WorkbenchUp(LoggingConfigurable):
             "hub_port": self.hub_port,
             "service_port": self.service_port,
             "proxy_api_port": self.proxy_api_port,
-            "db_url": self.db_url,
+            "db_url_file": str(_private_file(data / "secrets" / "db-url", self.db_url)),
             "project_root": str(Path(self.project_root).resolve()),
             "service_token": _secret_file(data / "secrets" / "service-token"),
             "proxy_token": _secret_file(data / "secrets" / "proxy-token"),
