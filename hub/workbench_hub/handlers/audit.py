@@ -1,11 +1,13 @@
 """The audit log: events posted by the spawner, and the admins' query."""
 
+import re
 from datetime import datetime
 
 from workbench_hub import audit
-from workbench_hub.handlers.base import APIError, APIHandler
+from workbench_hub.handlers.base import APIError, APIHandler, Field
 
 MAX_LIMIT = 1000
+_LIMIT = re.compile(r"[0-9]{1,4}")
 
 
 def _time_argument(handler: APIHandler, name: str) -> datetime | None:
@@ -13,7 +15,8 @@ def _time_argument(handler: APIHandler, name: str) -> datetime | None:
     if value is None:
         return None
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        # RFC 3339 date-times may write T and Z in lower case
+        parsed = datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
     except ValueError:
         parsed = None
     if parsed is None or parsed.tzinfo is None:
@@ -34,7 +37,7 @@ class AuditHandler(APIHandler):
             for key in ("actor", "action", "object_type", "object_id")
         }
         limit_text = self.get_query_argument("limit", "100")
-        if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_LIMIT:
+        if not _LIMIT.fullmatch(limit_text) or not 1 <= int(limit_text) <= MAX_LIMIT:
             raise APIError(400, f"limit must be an integer from 1 to {MAX_LIMIT}", field="limit")
         async with self.db.session() as session:
             events = await audit.query(
@@ -51,10 +54,10 @@ class AuditHandler(APIHandler):
             raise APIError(403, "only the workbench service itself may record audit events")
         body = self.json_body(
             {
-                "actor": str,
-                "action": str,
-                "object_type": str,
-                "object_id": str,
+                "actor": Field(str, min_length=1, max_length=255),
+                "action": Field(str, min_length=1, max_length=64),
+                "object_type": Field(str, min_length=1, max_length=64),
+                "object_id": Field(str, min_length=1, max_length=255),
                 "outcome": str,
                 "detail": dict,
             },
@@ -62,9 +65,6 @@ class AuditHandler(APIHandler):
         )
         if body["outcome"] not in audit.OUTCOMES:
             raise APIError(400, f"outcome must be one of {list(audit.OUTCOMES)}", field="outcome")
-        for key in ("actor", "action", "object_type", "object_id"):
-            if not body[key]:
-                raise APIError(400, f"{key} must not be empty", field=key)
         async with self.db.session() as session:
             event = audit.record(session, **body)
             await session.commit()

@@ -1,7 +1,9 @@
 """The one base handler: authentication, JSON bodies, JSON errors and project access."""
 
 import json
+import math
 import os
+from dataclasses import dataclass
 from http import HTTPStatus
 
 from jupyterhub.services.auth import HubOAuthenticated, UserNotAllowed
@@ -11,8 +13,31 @@ from tornado import web
 
 from workbench_hub import audit
 from workbench_hub.hubapi import HubAPIError
+from workbench_hub.jobs.validation import MAX_INT
 from workbench_hub.orm import Collaborator, Project
 from workbench_hub.roles import Identity, Ownership, Role, effective_role
+
+# Limits of request bodies (docs/architecture.md, "Limits"; openapi.yaml states them per field)
+#: deepest nesting of arrays and objects in a body, the body itself counting as one
+MAX_DEPTH = 32
+#: longest string anywhere in a body (keys included)
+MAX_STRING = 65_536
+#: longest string a body field may hold unless its `Field` says otherwise
+MAX_TEXT = 4_000
+#: the integers a body field may hold unless its `Field` says otherwise
+MIN_INT64, MAX_INT64 = -(2**63), 2**63 - 1
+
+
+@dataclass(frozen=True)
+class Field:
+    """A body field of `APIHandler.json_body`: its JSON type(s), the length of a string (which
+    never holds NUL: fields land in text columns), the range of an integer (JSON Schema's
+    integers: ``11.0`` is the integer 11; default signed 64-bit)."""
+
+    types: type | tuple[type, ...]
+    min_length: int = 0
+    max_length: int = MAX_TEXT
+    between: tuple[int, int] | None = None
 
 
 class APIError(web.HTTPError):
@@ -103,12 +128,12 @@ class APIHandler(HubOAuthenticated, web.RequestHandler):
 
     # request bodies
 
-    def json_body(self, fields: dict[str, type | tuple], required: tuple[str, ...] = ()) -> dict:
-        """The JSON object body, checked against `fields` (name → allowed type(s))."""
-        try:
-            body = json.loads(self.request.body or b"{}")
-        except (ValueError, UnicodeDecodeError):
-            raise APIError(400, "body is not valid JSON") from None
+    def json_body(
+        self, fields: dict[str, type | tuple | Field], required: tuple[str, ...] = ()
+    ) -> dict:
+        """The JSON object body, checked against `fields` (name → allowed type(s) or `Field`)
+        and `parse_json`'s limits."""
+        body = _load_json(self.request.body)
         if not isinstance(body, dict):
             raise APIError(400, "body must be a JSON object")
         for key in body:
@@ -117,16 +142,18 @@ class APIHandler(HubOAuthenticated, web.RequestHandler):
         for key in required:
             if key not in body:
                 raise APIError(400, f"missing required field {key!r}", field=key)
-        for key, value in body.items():
-            expected = fields[key]
-            if isinstance(value, bool) and bool not in _as_tuple(expected):
-                ok = False
-            else:
-                ok = isinstance(value, expected)
-            if not ok:
-                names = " or ".join(_JSON_TYPE_NAMES[t] for t in _as_tuple(expected))
-                raise APIError(400, f"field {key!r} must be {names}", field=key)
+        body = {key: _field_value(key, value, fields[key]) for key, value in body.items()}
+        _check_storable(body)
         return body
+
+    def allowed_methods(self) -> list[str]:
+        """The HTTP methods this handler implements, for ``Allow``."""
+        own, unimplemented = type(self), web.RequestHandler
+        return [
+            method
+            for method in self.SUPPORTED_METHODS
+            if getattr(own, method.lower()) is not getattr(unimplemented, method.lower())
+        ]
 
     # projects and roles
 
@@ -305,6 +332,8 @@ class APIHandler(HubOAuthenticated, web.RequestHandler):
         body = {"status": status_code, "message": message}
         if field is not None:
             body["field"] = field
+        if status_code == 405:
+            self.set_header("Allow", ", ".join(self.allowed_methods()))
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.finish(json.dumps(body))
 
@@ -321,6 +350,104 @@ _JSON_TYPE_NAMES = {
 
 def _as_tuple(types) -> tuple:
     return types if isinstance(types, tuple) else (types,)
+
+
+def parse_json(body: bytes) -> object:
+    """A request body's JSON value (none: ``{}``); 400 for what the API's stores cannot
+    hold: nesting deeper than `MAX_DEPTH`, NaN and infinities, strings longer than
+    `MAX_STRING` or with an unpaired surrogate."""
+    value = _load_json(body)
+    _check_storable(value)
+    return value
+
+
+def _load_json(body: bytes) -> object:
+    try:
+        return json.loads(body or b"{}", parse_int=_parse_int)
+    except RecursionError:
+        raise APIError(400, f"body nests deeper than {MAX_DEPTH} levels") from None
+    except (ValueError, UnicodeDecodeError):
+        raise APIError(400, "body is not valid JSON") from None
+
+
+def _parse_int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
+        raise APIError(400, f"body holds an integer of {len(text)} digits") from None
+
+
+def _check_storable(value) -> None:
+    if not isinstance(value, dict):
+        problem = _problem(value, 1)
+        if problem:
+            raise APIError(400, f"body {problem}")
+        return
+    for key, item in value.items():
+        problem = _problem(key, 1) or _problem(item, 2)
+        if problem:
+            raise APIError(400, f"field {key!r} {problem}", field=key)
+
+
+def _problem(value, depth: int) -> str | None:
+    """Why `value`, found at nesting `depth`, cannot be stored; None if it can."""
+    stack = [(value, depth)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > MAX_DEPTH:
+                return f"nests deeper than {MAX_DEPTH} levels"
+            children = [*item, *item.values()] if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+        elif isinstance(item, str):
+            if len(item) > MAX_STRING:
+                return f"holds a string longer than {MAX_STRING} characters"
+            if _has_surrogate(item):
+                return "holds a string with an unpaired surrogate"
+        elif isinstance(item, float) and not math.isfinite(item):
+            return "holds a number JSON cannot represent"
+    return None
+
+
+def _has_surrogate(text: str) -> bool:
+    """Whether `text` holds a lone surrogate (JSON's ``"\\ud800"``), which UTF-8 cannot."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _field_value(key: str, value, spec: type | tuple | Field):
+    """`value` of body field `key` checked against `spec` (400 naming the field)."""
+    spec = spec if isinstance(spec, Field) else Field(spec)
+    types = _as_tuple(spec.types)
+    if int in types and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
+        names = " or ".join(_JSON_TYPE_NAMES[t] for t in types)
+        raise APIError(400, f"field {key!r} must be {names}", field=key)
+    if isinstance(value, str):
+        if not spec.min_length <= len(value) <= spec.max_length:
+            at_least = f"{spec.min_length} to " if spec.min_length else "at most "
+            raise APIError(
+                400, f"field {key!r} must be {at_least}{spec.max_length} characters long", key
+            )
+        if "\x00" in value:
+            raise APIError(400, f"field {key!r} must not contain NUL characters", field=key)
+    if isinstance(value, int) and not isinstance(value, bool):
+        low, high = spec.between or (MIN_INT64, MAX_INT64)
+        if not low <= value <= high:
+            what = f"an integer from {low} to {high}" if spec.between else "a 64-bit integer"
+            raise APIError(400, f"field {key!r} must be {what}", field=key)
+    return value
+
+
+def path_number(text: str) -> int:
+    """A number from the URL (``[0-9]+``: a run, build, deployment or key id) for a query;
+    0, which no row has (they count from 1), when it is beyond an Integer column."""
+    digits = text.lstrip("0")
+    return int(digits) if digits and len(digits) <= 10 and int(digits) <= MAX_INT else 0
 
 
 class NotFoundHandler(APIHandler):

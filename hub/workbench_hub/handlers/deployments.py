@@ -2,8 +2,8 @@
 
 from sqlalchemy import select
 
-from workbench_hub.handlers.base import APIError
-from workbench_hub.handlers.models import MODEL_ROUTE, ModelsAPIHandler, replica_count
+from workbench_hub.handlers.base import APIError, path_number
+from workbench_hub.handlers.models import MODEL_ROUTE, REPLICAS, ModelsAPIHandler
 from workbench_hub.models import ACTIVE_DEPLOYMENT_STATES, new_crn
 from workbench_hub.orm import ModelBuild, ModelDeployment, utcnow
 from workbench_hub.roles import Role
@@ -30,13 +30,13 @@ class DeploymentListHandler(ModelsAPIHandler):
             )
 
     async def post(self, project_name: str, model_name: str) -> None:
-        body = self.json_body({"build": int, "replicas": int})
+        body = self.json_body({"build": int, "replicas": REPLICAS})
         async with self.db.session() as session:
             project, model, _ = await self.model_for(
                 session, project_name, model_name, Role.CONTRIBUTOR, "deploying a model"
             )
             build = await self._build(session, model, body.get("build"))
-            replicas = replica_count(body.get("replicas", model.replicas))
+            replicas = body.get("replicas", model.replicas)
             crn = new_crn("deployment")
             deployment = ModelDeployment(
                 model_id=model.id,
@@ -109,7 +109,8 @@ class DeploymentHandler(ModelsAPIHandler):
         project, model, _ = await self.model_for(session, project_name, model_name, need, action)
         deployment = await session.scalar(
             select(ModelDeployment).where(
-                ModelDeployment.model_id == model.id, ModelDeployment.number == number
+                ModelDeployment.model_id == model.id,
+                ModelDeployment.number == path_number(number),
             )
         )
         if deployment is None:
@@ -119,7 +120,7 @@ class DeploymentHandler(ModelsAPIHandler):
     async def get(self, project_name: str, model_name: str, number: str) -> None:
         async with self.db.session() as session:
             _, _, deployment = await self.deployment_for(
-                session, project_name, model_name, int(number), Role.VIEWER, "viewing"
+                session, project_name, model_name, number, Role.VIEWER, "viewing"
             )
             self.write_json(await self.deployment_json(session, deployment))
 
@@ -132,7 +133,7 @@ class DeploymentHandler(ModelsAPIHandler):
                 session,
                 project_name,
                 model_name,
-                int(number),
+                number,
                 Role.CONTRIBUTOR,
                 "changing a deployment",
             )
@@ -153,7 +154,7 @@ class DeploymentHandler(ModelsAPIHandler):
         if "replicas" in body:
             if not active:
                 raise APIError(409, f"deployment {deployment.number} is {deployment.state}")
-            deployment.replicas = replica_count(body["replicas"])
+            deployment.replicas = body["replicas"]
             return "model.scaled", {"replicas": deployment.replicas}
         if "restart" in body:
             if not body["restart"]:

@@ -7,7 +7,7 @@ from pathlib import Path
 from sqlalchemy import delete, func, select
 
 from workbench_hub import audit
-from workbench_hub.handlers.base import APIError, APIHandler
+from workbench_hub.handlers.base import APIError, APIHandler, Field
 from workbench_hub.jobs import cron, validation
 from workbench_hub.jobs.validation import JobInvalid
 from workbench_hub.orm import Job, JobRun, Project, utcnow
@@ -36,6 +36,29 @@ _PLAIN_FIELDS = (
 )
 #: fields whose change moves the next cron tick
 _SCHEDULE_FIELDS = {"schedule", "cron", "timezone", "active"}
+_OPTIONAL_TEXT = (str, type(None))
+#: the fields of a job's body (`validation.merge` checks their values)
+CREATE_FIELDS = {
+    "name": str,
+    "target": Field(str, min_length=1, max_length=1024),
+    "arguments": list,
+    "parameters": dict,
+    "env": dict,
+    "profile": Field(str, max_length=63),
+    "schedule": str,
+    "cron": Field(_OPTIONAL_TEXT, max_length=255),
+    "timezone": Field(_OPTIONAL_TEXT, max_length=64),
+    # a job of the project, or `project/job`
+    "parent": Field(_OPTIONAL_TEXT, max_length=127),
+    "active": bool,
+    "timeout_seconds": (int, type(None)),
+    "retry_max": int,
+    "retry_delay_seconds": int,
+    "retry_on": list,
+    "concurrency": str,
+    "notify": dict,
+}
+UPDATE_FIELDS = {k: v for k, v in CREATE_FIELDS.items() if k != "name"}
 
 
 def jobs_dir(project_dir: Path, job: str) -> Path:
@@ -217,7 +240,7 @@ class JobListHandler(JobsAPIHandler):
     async def post(self, name):
         async with self.db.session() as session:
             project, _ = await self.project_for(session, name, Role.CONTRIBUTOR, "creating jobs")
-        body = self.json_body(validation.CREATE_FIELDS, required=("name", "target"))
+        body = self.json_body(CREATE_FIELDS, required=("name", "target"))
         try:
             values = validation.merge(body, None, name)
             values["profile"] = validation.profile(
@@ -278,7 +301,7 @@ class JobHandler(JobsAPIHandler):
     async def patch(self, name, job):
         async with self.db.session() as session:
             _, found, _ = await self.job_for(session, name, job, Role.CONTRIBUTOR, "editing jobs")
-        body = self.json_body({**validation.UPDATE_FIELDS, "name": str})
+        body = self.json_body({**UPDATE_FIELDS, "name": str})
         if "name" in body:
             raise APIError(400, "a job cannot be renamed", field="name")
         async with self.db.session() as session:

@@ -2,7 +2,7 @@
 
 from sqlalchemy import select
 
-from workbench_hub.handlers.base import APIError
+from workbench_hub.handlers.base import APIError, path_number
 from workbench_hub.handlers.models import MODEL_ROUTE, ModelsAPIHandler, build_json
 from workbench_hub.models import new_crn
 from workbench_hub.orm import ModelBuild
@@ -50,12 +50,14 @@ class BuildListHandler(ModelsAPIHandler):
 
 
 class BuildHandler(ModelsAPIHandler):
-    async def build_for(self, session, project_name, model_name, number) -> ModelBuild:
+    async def build_for(self, session, project_name, model_name, number: str) -> ModelBuild:
         _, model, _ = await self.model_for(
             session, project_name, model_name, Role.VIEWER, "viewing"
         )
         build = await session.scalar(
-            select(ModelBuild).where(ModelBuild.model_id == model.id, ModelBuild.number == number)
+            select(ModelBuild).where(
+                ModelBuild.model_id == model.id, ModelBuild.number == path_number(number)
+            )
         )
         if build is None:
             raise APIError(404, f"model {model_name!r} has no build {number}")
@@ -63,14 +65,14 @@ class BuildHandler(ModelsAPIHandler):
 
     async def get(self, project_name: str, model_name: str, number: str) -> None:
         async with self.db.session() as session:
-            build = await self.build_for(session, project_name, model_name, int(number))
+            build = await self.build_for(session, project_name, model_name, number)
         self.write_json(build_json(build))
 
 
 class BuildLogHandler(BuildHandler):
     async def get(self, project_name: str, model_name: str, number: str) -> None:
         async with self.db.session() as session:
-            build = await self.build_for(session, project_name, model_name, int(number))
+            build = await self.build_for(session, project_name, model_name, number)
         text = await self.builder.read_log(build)
         self.set_header("Content-Type", "text/plain; charset=UTF-8")
         self.finish(text)

@@ -2,12 +2,13 @@
 
 import asyncio
 import os
+import re
 from pathlib import Path, PurePosixPath
 
 from sqlalchemy import select
 
 from workbench_hub import audit
-from workbench_hub.handlers.base import APIError, APIHandler
+from workbench_hub.handlers.base import APIError, APIHandler, Field
 from workbench_hub.jobs import validation
 from workbench_hub.jobs.validation import JobInvalid
 from workbench_hub.models import ACTIVE_DEPLOYMENT_STATES, new_crn
@@ -18,17 +19,20 @@ from workbench_hub.profiles import profiles_for
 from workbench_hub.roles import Role
 
 MAX_REPLICAS = 32
+#: how many replicas a deployment may run
+REPLICAS = Field(int, between=(1, MAX_REPLICAS))
 #: the route of one model; the others of a model extend it
 MODEL_ROUTE = r"projects/(?P<name>[^/]+)/models/(?P<model>[^/]+)"
 _FIELDS = {
     "name": str,
-    "file": str,
-    "function": str,
+    "file": Field(str, min_length=1, max_length=1024),
+    "function": Field(str, min_length=1, max_length=255),
     "description": str,
-    "profile": str,
-    "replicas": int,
+    "profile": Field(str, max_length=63),
+    "replicas": REPLICAS,
     "env": dict,
 }
+_FUNCTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def model_file(value: str) -> str:
@@ -52,14 +56,8 @@ def check_model_file(project_dir: Path, file: str) -> None:
 
 
 def function_name(value: str) -> str:
-    if not value.isidentifier():
+    if not _FUNCTION_NAME.fullmatch(value):
         raise APIError(400, f"function {value!r} is not a Python function name", "function")
-    return value
-
-
-def replica_count(value: int) -> int:
-    if not 1 <= value <= MAX_REPLICAS:
-        raise APIError(400, f"replicas must be between 1 and {MAX_REPLICAS}", "replicas")
     return value
 
 
@@ -180,11 +178,9 @@ class ModelsAPIHandler(APIHandler):
         if "function" in body:
             values["function"] = function_name(body["function"])
         if "description" in body:
-            if len(body["description"]) > 4096:
-                raise APIError(400, "description must be at most 4096 characters", "description")
             values["description"] = body["description"]
         if "replicas" in body:
-            values["replicas"] = replica_count(body["replicas"])
+            values["replicas"] = body["replicas"]
         try:
             if "env" in body:
                 values["env"] = validation.env(body["env"])

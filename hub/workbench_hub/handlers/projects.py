@@ -3,7 +3,7 @@
 from sqlalchemy import select, update
 
 from workbench_hub import audit
-from workbench_hub.handlers.base import APIError, APIHandler
+from workbench_hub.handlers.base import APIError, APIHandler, Field
 from workbench_hub.hubapi import HubAPIError
 from workbench_hub.names import InvalidName, validate_name
 from workbench_hub.orm import Job, Project, utcnow
@@ -19,6 +19,8 @@ from workbench_hub.roles import VISIBILITIES, Role
 
 #: Names being created right now in this process: a second create of one of them is a 409.
 _CREATING: set[str] = set()
+#: the longest hub user or group name (JupyterHub's own column)
+MAX_HUB_NAME = 255
 
 
 def _visibility(body: dict) -> str:
@@ -40,8 +42,8 @@ class ProjectListHandler(APIHandler):
                 "description": str,
                 "visibility": str,
                 "owner": dict,
-                "template": str,
-                "git_url": str,
+                "template": Field(str, max_length=63),
+                "git_url": Field(str, min_length=1, max_length=2048),
             },
             required=("name",),
         )
@@ -143,8 +145,10 @@ class ProjectListHandler(APIHandler):
         kind, name = owner.get("kind"), owner.get("name")
         if kind not in ("user", "team"):
             raise APIError(400, "owner.kind must be 'user' or 'team'", field="owner")
-        if not isinstance(name, str) or not name:
-            raise APIError(400, "owner.name must be a non-empty string", field="owner")
+        if not isinstance(name, str) or not 1 <= len(name) <= MAX_HUB_NAME:
+            raise APIError(
+                400, f"owner.name must be a string of 1 to {MAX_HUB_NAME} characters", "owner"
+            )
         if kind == "user":
             if name == self.identity.name:
                 return kind, name

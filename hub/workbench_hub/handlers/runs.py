@@ -11,11 +11,10 @@ from sqlalchemy import select
 from tornado.iostream import StreamClosedError
 
 from workbench_hub import confine
-from workbench_hub.handlers.base import APIError
+from workbench_hub.handlers.base import APIError, path_number
 from workbench_hub.handlers.jobs import JobsAPIHandler, jobs_dir
 from workbench_hub.jobs import END_STATES
 from workbench_hub.jobs.engine import RunConflict
-from workbench_hub.jobs.validation import MAX_INT
 from workbench_hub.orm import Job, JobRun, Project
 from workbench_hub.roles import Role
 
@@ -29,11 +28,11 @@ class RunsAPIHandler(JobsAPIHandler):
     ) -> tuple[Project, Job, JobRun]:
         """Project, job and run `number`: 404 when any is hidden or missing, 403 if too low."""
         found_project, found_job, _ = await self.job_for(session, project, job, need, action)
-        run = None
-        if int(number) <= MAX_INT:
-            run = await session.scalar(
-                select(JobRun).where(JobRun.job_id == found_job.id, JobRun.number == int(number))
+        run = await session.scalar(
+            select(JobRun).where(
+                JobRun.job_id == found_job.id, JobRun.number == path_number(number)
             )
+        )
         if run is None:
             raise APIError(404, f"job {job!r} of project {project!r} has no run {number}")
         return found_project, found_job, run
