@@ -152,6 +152,13 @@ class StreamingProxyHandler(ProxyHandler):
             raise
         self.finish()
 
+    def write_error(self, status_code: int, **kwargs) -> None:
+        """The library's error page; a 405 (a method the proxy does not forward, like TRACE)
+        says which methods it does."""
+        if status_code == 405:
+            self.set_header("Allow", ", ".join(self.SUPPORTED_METHODS))
+        super().write_error(status_code, **kwargs)
+
     def _copy_headers(self, headers: httputil.HTTPHeaders) -> None:
         own = {name.lower() for name, _ in self._headers.get_all()}
         for name, value in headers.get_all():

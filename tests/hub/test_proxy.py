@@ -156,3 +156,17 @@ def test_the_option_is_in_the_help():
     )
     assert done.returncode == 0, done.stderr
     assert "--model-max-body-bytes" in done.stdout and "--proxy-timeout" in done.stdout
+
+
+def test_a_method_the_proxy_does_not_forward_gets_405_with_allow(proxy):
+    r = httpx.request("TRACE", proxy["url"] + "/plain/x")
+    assert r.status_code == 405
+    assert set(r.headers["allow"].split(", ")) == {
+        "GET",
+        "HEAD",
+        "POST",
+        "DELETE",
+        "PATCH",
+        "PUT",
+        "OPTIONS",
+    }
