@@ -6,6 +6,7 @@ import shutil
 import pytest
 
 from tests.harness import Workbench
+from tests.links import SECRET
 from tests.postgres import PostgresServer
 from workbench_hub.db import upgrade_db
 
@@ -102,3 +103,12 @@ async def kube(request, tmp_path, monkeypatch):
     monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", kubeconfig)
     yield KubeTarget(kubeconfig, double.url, double)
     await double.stop()
+
+
+@pytest.fixture
+def outside(tmp_path):
+    """A directory beside the project with a secret in it (the link tests' target)."""
+    directory = tmp_path / "outside"
+    directory.mkdir()
+    (directory / "secret.txt").write_text(SECRET)
+    return directory

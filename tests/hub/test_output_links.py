@@ -7,6 +7,7 @@ from urllib.parse import quote
 import pytest
 
 from tests.hub.conftest import Api, unique
+from tests.links import REPLACE_OUTPUT_DIR
 
 SECRET = "secret outside the project\n"
 VICTIM = "a log outside the project\n"
@@ -22,13 +23,6 @@ out, outside = pathlib.Path(os.environ["WORKBENCH_OUTPUT_DIR"]), pathlib.Path(sy
 (out / "sub" / "up").symlink_to(outside)
 (out / "output.log").symlink_to(outside / "victim.log")
 print("planted")
-"""
-# the output directory itself replaced by a link to outside
-REPLACE = """\
-import os, shutil, sys
-shutil.rmtree(os.environ["WORKBENCH_OUTPUT_DIR"])
-os.symlink(sys.argv[1], os.environ["WORKBENCH_OUTPUT_DIR"])
-print("replaced")
 """
 FINAL = ("succeeded", "failed", "timed_out", "stopped")
 
@@ -58,7 +52,7 @@ def project(user, outside) -> tuple[str, Api]:
     name = unique("links")
     path = Path(alice("POST", "/projects", 201, json={"name": name})["path"])
     (path / "plant.py").write_text(PLANT)
-    (path / "replace.py").write_text(REPLACE)
+    (path / "replace.py").write_text(REPLACE_OUTPUT_DIR)
     user("vic")  # known to the hub before joining
     alice("PUT", f"/projects/{name}/collaborators/vic", 200, json={"role": "viewer"})
     return name, alice

@@ -7,18 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.links import REPLACE_OUTPUT_DIR, SECRET
 from workbench_hub.jobs.snapshots import SnapshotStore
 from workbench_serving import build
-
-SECRET = "the secret outside the project\n"
-
-
-@pytest.fixture
-def outside(tmp_path):
-    directory = tmp_path / "outside"
-    directory.mkdir()
-    (directory / "secret.txt").write_text(SECRET)
-    return directory
 
 
 def unchanged(outside: Path) -> None:
@@ -143,13 +134,6 @@ out, outside = pathlib.Path(os.environ["WORKBENCH_OUTPUT_DIR"]), pathlib.Path(sy
 (out / "output.log").symlink_to(outside / "secret.txt")
 print("planted")
 """
-# a run that replaces its output directory by a link to outside
-REPLACE = """\
-import os, shutil, sys
-shutil.rmtree(os.environ["WORKBENCH_OUTPUT_DIR"])
-os.symlink(sys.argv[1], os.environ["WORKBENCH_OUTPUT_DIR"])
-print("replaced")
-"""
 
 
 async def lines(env, run) -> list[str]:
@@ -168,7 +152,7 @@ async def test_the_log_replaces_a_link_the_run_planted(env, outside):
 
 async def test_a_replaced_output_directory_is_neither_written_read_nor_pruned(make_env, outside):
     env = make_env(output_retention=1)
-    project = await env.project(files={"replace.py": REPLACE})
+    project = await env.project(files={"replace.py": REPLACE_OUTPUT_DIR})
     job = await env.job(project, "replace", "replace.py", arguments=[str(outside)])
     (outside / "output.log").write_text("a log outside\n")
     first = await env.ended((await env.engine.trigger(job, user="alice")).id)

@@ -5,19 +5,10 @@ import json
 import pytest
 from tornado.httpclient import HTTPClientError
 
+from tests.links import SECRET
 from workbench_lab.contents import ConfinedContentsManager, ReadOnlyContentsManager
 
-SECRET = "the secret outside the project\n"
 REFUSED = "leads outside the project directory through a symbolic link"
-
-
-@pytest.fixture
-def outside(tmp_path):
-    """A directory beside the project with a secret in it."""
-    directory = tmp_path / "outside"
-    directory.mkdir()
-    (directory / "secret.txt").write_text(SECRET)
-    return directory
 
 
 @pytest.fixture
