@@ -172,8 +172,9 @@ def test_attack_list(wb):
     (carols / "evil-file").symlink_to(data / "secrets" / "service-token")
     (carols / "link-etc").symlink_to("/etc")
 
-    # 1. kernels: carol (outsider) in her project, bob (viewer) in alice's
-    sessions = {"carol": "carols", "bob": "vault"}
+    # 1. kernels: carol (outsider) and dave (in no group) in their projects, bob (viewer) in
+    # alice's
+    sessions = {"carol": "carols", "bob": "vault", "dave": "daves"}
     for user, project in sessions.items():
         r = httpx.post(
             f"{wb.url}/hub/api/users/{user}/servers/{project}",
