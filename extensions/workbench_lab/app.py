@@ -8,7 +8,7 @@ from jupyter_server.services.contents.largefilemanager import AsyncLargeFileMana
 from traitlets import Bool, Float, Unicode, default
 
 from .contents import ConfinedContentsManager, ReadOnlyContentsManager
-from .handlers import ContextHandler, ProjectsHandler
+from .handlers import ContextHandler, ForwardHandler, ProjectsHandler
 from .spark import ApplicationsHandler, UIProxyHandler
 from .upstream import Upstream
 
@@ -135,6 +135,7 @@ class WorkbenchLabApp(ExtensionApp):
             [
                 (r"/workbench/context", ContextHandler),
                 (r"/workbench/projects", ProjectsHandler),
+                (r"/workbench/api/v1/(.*)", ForwardHandler),
                 (r"/workbench/spark/applications", ApplicationsHandler),
                 (r"/workbench/spark/ui/(\d+)/(.*)", UIProxyHandler),
             ]

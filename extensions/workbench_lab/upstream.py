@@ -38,6 +38,23 @@ class Upstream:
             raise web.HTTPError(503, "not inside a workbench session: WORKBENCH_API_URL is not set")
         return await self._get(self.api_url, path, "the workbench control plane")
 
+    async def api_forward(self, method, path, query="", body=None):
+        """Send a request to the control plane as the session's user; return the raw response.
+
+        Unlike `api_get`, an upstream 4xx/5xx is returned as is (the caller relays the
+        server's status, message and field); only an unreachable control plane raises 502.
+        """
+        if not self.api_url:
+            raise web.HTTPError(503, "not inside a workbench session: WORKBENCH_API_URL is not set")
+        url = self.api_url.rstrip("/") + path + (f"?{query}" if query else "")
+        headers = {"Authorization": f"token {self.token}"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        try:
+            return await self.client.request(method, url, headers=headers, content=body)
+        except httpx.HTTPError as e:
+            raise web.HTTPError(502, f"could not reach the workbench control plane: {e}") from e
+
     async def running_projects(self, user, projects):
         """Names of `projects` for which `user` has an active (starting or running) session."""
         servers = await self._hub_servers()

@@ -42,11 +42,14 @@ async def test_every_route_needs_authentication(jp_fetch, jp_serverapp):
     assert routes == [
         "workbench/context",
         "workbench/projects",
+        "workbench/api/v1/(.*)",
         "workbench/spark/applications",
         r"workbench/spark/ui/(\d+)/(.*)",
     ]
-    # the pattern's groups filled in: a port and a path of the Spark UI
-    urls = [route.replace(r"(\d+)/(.*)", "4040/jobs/") for route in routes]
+    # the pattern's groups filled in: a port and a path of the Spark UI, a forwarded path
+    urls = [
+        route.replace(r"(\d+)/(.*)", "4040/jobs/").replace("(.*)", "projects") for route in routes
+    ]
     for url in urls:
         code, _ = await fetch_error(jp_fetch, url, headers={"Authorization": ""})
         assert code == 403, url
@@ -102,3 +105,42 @@ async def test_outside_a_session_projects_explains_why(jp_fetch):
     code, body = await fetch_error(jp_fetch, "workbench", "projects")
     assert code == 503
     assert body["message"] == "not inside a workbench session: WORKBENCH_API_URL is not set"
+
+
+@pytest.fixture
+def as_owner(monkeypatch):
+    """Requests come from the session's user (as under JupyterHub), not an anonymous one."""
+    from jupyter_server.auth.identity import IdentityProvider, User
+
+    monkeypatch.setattr(
+        IdentityProvider, "generate_anonymous_user", lambda self, handler: User(username=USER)
+    )
+
+
+async def test_forward_is_for_the_sessions_owner_only(jp_fetch, control_plane):
+    code, body = await fetch_error(jp_fetch, "workbench", "api", "v1", "projects")
+    assert code == 403
+    assert "owner" in body["message"]
+    assert control_plane.requests == []
+
+
+@pytest.mark.usefixtures("as_owner")
+async def test_forward_relays_the_control_planes_answer(jp_fetch, control_plane):
+    response = await jp_fetch("workbench", "api", "v1", "projects", "churn")
+    assert json_body(response)["name"] == "churn"
+    assert control_plane.requests == [
+        ("/services/workbench/api/v1/projects/churn", f"token {TOKEN}")
+    ]
+    # an upstream error keeps its status and message (not a 502)
+    code, body = await fetch_error(jp_fetch, "workbench", "api", "v1", "projects", "nope")
+    assert code == 404
+    assert body["message"] == "no project named 'nope'"
+
+
+@pytest.mark.usefixtures("as_owner")
+@pytest.mark.parametrize("path", ["audit", "projects/churn/jobs", "access-keys/resolve"])
+async def test_forward_refuses_paths_the_panels_do_not_need(jp_fetch, control_plane, path):
+    code, body = await fetch_error(jp_fetch, "workbench", "api", "v1", *path.split("/"))
+    assert code == 404
+    assert "not forwarded" in body["message"]
+    assert control_plane.requests == []
