@@ -22,6 +22,9 @@ if command -v pg_lsclusters >/dev/null && [ "$(id -u)" -eq 0 ]; then
 fi
 
 python3 -m pip install -q --disable-pip-version-check -e '.[test]'
+# The JupyterLab extension's unit tests (jest): the pip install's build step ran `npm install`.
+[ -d extensions/node_modules/jest ] || (cd extensions && npm ci --no-audit --no-fund)
+(cd extensions && npm test --silent)
 # This machine sets PYTHONDONTWRITEBYTECODE: compile once, or every import recompiles.
 python3 -m compileall -q -j 2 "$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" >/dev/null 2>&1 || true
 

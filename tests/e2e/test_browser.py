@@ -28,6 +28,8 @@ SCREENSHOT = Path(
     os.environ.get("WORKBENCH_SCREENSHOT")
     or Path(tempfile.gettempdir()) / "workbench-browser-panel.png"
 )
+#: Where the panel's screenshots for the docs go (docs/ui.md shows them).
+DOCS_IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
 
 
 @pytest.fixture(scope="module")
@@ -139,5 +141,65 @@ async def test_login_spawn_and_workbench_panel(dana):
 
             SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
             await page.screenshot(path=str(SCREENSHOT))
+            DOCS_IMAGES.mkdir(parents=True, exist_ok=True)
+            news = page.locator(".jp-Notification-Toast-Close, .Toastify__close-button")
+            for close in await news.all():
+                await close.click()
+            await panel.screenshot(path=str(DOCS_IMAGES / "workbench-projects-panel.png"))
+
+            await _create_and_delete_from_panel(page, panel, wb)
         finally:
             await browser.close()
+
+
+async def _create_and_delete_from_panel(page, panel, wb):
+    """The "New project" form: a server error beside the name, a create, a typed-name delete."""
+    from playwright.async_api import expect
+
+    token = wb.user_token(USER)
+    headers = {"Authorization": f"token {token}"}
+
+    await panel.locator("button.jp-workbench-new").click()
+    form = panel.locator("form.jp-workbench-new-project")
+    await expect(form).to_be_visible()
+    # The template select offers the control plane's templates.
+    await expect(form.locator("select[name=template] option[value=python-starter]")).to_have_count(
+        1
+    )
+
+    # An invalid name: the server's message appears next to the name field.
+    await form.locator("input[name=name]").fill("Bad Name")
+    await form.locator("select[name=template]").select_option("python-starter")
+    await form.locator("button.jp-workbench-create").click()
+    name_error = form.locator(".jp-workbench-field-error[data-field=name]")
+    await expect(name_error).to_be_visible()
+    assert (await name_error.inner_text()).strip()
+    await expect(form.locator("input[name=name]")).to_have_attribute("aria-invalid", "true")
+    await panel.screenshot(path=str(DOCS_IMAGES / "workbench-new-project-error.png"))
+
+    # A valid name: the project is created from the template and listed.
+    await form.locator("input[name=name]").fill("gamma")
+    await form.locator("input[name=description]").fill("Made in the panel")
+    await form.locator("button.jp-workbench-create").click()
+    gamma = panel.locator("li.jp-workbench-project[data-project=gamma]")
+    await expect(gamma).to_be_visible(timeout=120_000)
+    await expect(gamma).to_have_attribute("data-role", "admin")
+    await expect(form).to_be_hidden()
+    r = httpx.get(f"{wb.api_url}/projects/gamma", headers=headers, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json()["description"] == "Made in the panel"
+
+    # Deleting needs the name typed again.
+    await gamma.locator("button.jp-workbench-delete").click()
+    confirm = gamma.locator("button.jp-workbench-confirm")
+    await expect(confirm).to_be_disabled()
+    await gamma.locator("input.jp-workbench-confirm-input").fill("gamm")
+    await expect(confirm).to_be_disabled()
+    await gamma.locator("input.jp-workbench-confirm-input").fill("gamma")
+    await expect(confirm).to_be_enabled()
+    await panel.screenshot(path=str(DOCS_IMAGES / "workbench-delete-confirm.png"))
+    await confirm.click()
+    await expect(gamma).to_have_count(0, timeout=60_000)
+    r = httpx.get(f"{wb.api_url}/projects/gamma", headers=headers, timeout=30)
+    assert r.status_code == 404, r.text
+    await expect(panel.locator("li.jp-workbench-project")).to_have_count(2)
