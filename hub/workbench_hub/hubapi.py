@@ -38,9 +38,11 @@ class HubClient:
         self._groups: dict[str, tuple[float, frozenset[str] | None]] = {}
         self._client = httpx.AsyncClient(headers={"Authorization": f"token {token}"}, timeout=30)
 
-    async def _request(self, method: str, path: str, **kwargs) -> httpx.Response:
+    async def _request(
+        self, method: str, path: str, allow: tuple[int, ...] = (), **kwargs
+    ) -> httpx.Response:
         response = await self._client.request(method, self.api_url + path, **kwargs)
-        if response.status_code >= 400 and response.status_code != 404:
+        if response.status_code >= 400 and response.status_code not in (404, *allow):
             try:
                 message = response.json().get("message", response.text)
             except ValueError:
@@ -56,6 +58,12 @@ class HubClient:
         if response.status_code == 404:
             return None
         return response.json()
+
+    async def ensure_user(self, name: str) -> None:
+        """Create hub user `name` if there is none (needs ``admin:users``); an existing one is
+        left as is. A refusal (say, an invalid name) raises `HubAPIError` with the hub's status."""
+        await self._request("POST", f"/users/{quote(name, safe='')}", allow=(409,))
+        self._groups.pop(name, None)
 
     async def user_groups(self, name: str) -> frozenset[str] | None:
         """The groups of user `name` (briefly cached); None if the hub has no such user."""

@@ -1,6 +1,7 @@
 """JupyterHub configuration of the workbench, applied by the generated ``jupyterhub_config.py``."""
 
 import sys
+from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -15,6 +16,8 @@ ADMIN_ROLE = "workbench-admin"
 #: seconds a session trusts the hub's answer about a token (the control plane's default of
 #: WorkbenchService.auth_cache_seconds): revoked and expired tokens stop working within it
 SESSION_AUTH_CACHE_SECONDS = 5
+#: our hub pages (home.html, spawn.html, not_running.html), extending JupyterHub's
+HUB_TEMPLATES = Path(__file__).parent / "hub_templates"
 
 CUSTOM_SCOPES = {
     "custom:workbench:use": {
@@ -72,9 +75,39 @@ def configure_hub_security(c) -> None:
     c.Spawner.args.append(f"--HubOAuth.cache_max_age={SESSION_AUTH_CACHE_SECONDS}")
 
 
+def configure_hub_pages(c) -> None:
+    """The hub's own pages lead to projects, never to the default server (which refuses to
+    start): /hub/home lists the user's projects with Start / Open / Stop (docs/ui.md)."""
+    c.JupyterHub.template_paths = [str(HUB_TEMPLATES)]
+    c.JupyterHub.template_vars = {
+        "workbench_service": SERVICE_NAME,
+        "workbench_spawn_options": _spawn_options_reader,
+    }
+    c.JupyterHub.default_url = "/hub/home"
+
+
+def _spawn_options_reader(user):
+    """For home.html: an async function giving `user`'s projects, or None if the control plane
+    does not answer. Read server side through the hub's spawner (the service token), because a
+    hub page's script could not call the control plane: its API wants the service's own OAuth
+    cookie and XSRF token, which the hub's pages do not hold."""
+    if user is None:
+        return None
+
+    async def read():
+        try:
+            return await user.spawner.fetch_spawn_options()
+        except Exception as e:
+            user.log.warning("Cannot list %s's projects for the hub home: %s", user.name, e)
+            return None
+
+    return read
+
+
 def configure_hub(c, settings: dict) -> None:
     """Fill a JupyterHub config object from ``workbench up``'s settings."""
     configure_hub_security(c)
+    configure_hub_pages(c)
     s = settings
     public_url = f"http://{s['ip']}:{s['port']}"
     service_url = f"http://127.0.0.1:{s['service_port']}"

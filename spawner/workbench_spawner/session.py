@@ -119,7 +119,13 @@ class WorkbenchSpawnerMixin(LoggingConfigurable):
     async def _authorize(self) -> tuple[ProjectAccess, Profile]:
         """Check the request against fresh spawn-options; the refusal says what to do."""
         if not self.name:
-            raise SpawnException(DEFAULT_SERVER_MESSAGE, reason="default_server")
+            home = url_path_join(self.hub.base_url, "home")
+            raise SpawnException(
+                DEFAULT_SERVER_MESSAGE,
+                reason="default_server",
+                message_html=f'Sessions run per project: start one from <a href="{home}">your'
+                " projects</a>.",
+            )
         requested = self._option("project") or self.name
         if requested != self.name:
             raise SpawnException(

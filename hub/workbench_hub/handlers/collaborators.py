@@ -4,6 +4,7 @@ from sqlalchemy import select
 
 from workbench_hub import audit
 from workbench_hub.handlers.base import APIError, APIHandler
+from workbench_hub.hubapi import HubAPIError
 from workbench_hub.orm import Collaborator
 from workbench_hub.roles import ROLE_NAMES, Role
 
@@ -29,7 +30,7 @@ class CollaboratorHandler(APIHandler):
         async with self.db.session() as session:
             project, _ = await self.project_for(session, name, Role.ADMIN, "managing collaborators")
             if await self.hub.get_user(user) is None:
-                raise APIError(404, f"no such user {user!r} in the hub", field="user")
+                await self._create_hub_user(user)
             collaborator = await session.scalar(
                 select(Collaborator).where(
                     Collaborator.project_id == project.id, Collaborator.user_name == user
@@ -52,6 +53,18 @@ class CollaboratorHandler(APIHandler):
             await session.commit()
         self.projects_changed()
         self.write_json({"user": user, "role": body["role"]})
+
+    async def _create_hub_user(self, user: str) -> None:
+        """Share with someone who has not logged in yet: create their hub user, so they see
+        the project once they log in (with a password from ``workbench users add``)."""
+        if not valid_hub_user_name(user):
+            raise APIError(400, f"{user!r} is not a valid hub user name", field="user")
+        try:
+            await self.hub.ensure_user(user)
+        except HubAPIError as e:
+            if e.status != 400:
+                raise
+            raise APIError(400, f"the hub refused the user name {user!r}", field="user") from None
 
     async def delete(self, name, user):
         async with self.db.session() as session:
@@ -77,6 +90,12 @@ class CollaboratorHandler(APIHandler):
         self.projects_changed()
         self.set_status(204)
         self.finish()
+
+
+def valid_hub_user_name(name: str) -> bool:
+    """Whether a person could log in as `name`: JupyterHub's own rules (not empty, no ``/``,
+    not dots only, no surrounding space) and already normalized (its logins are lower case)."""
+    return bool(name) and "/" not in name and set(name) != {"."} and name == name.strip().lower()
 
 
 handlers = [

@@ -1,10 +1,11 @@
 """The service's home page: what a browser sees from the hub's Services menu."""
 
 from jupyterhub.services.auth import HubOAuthenticated
-from tornado.escape import url_escape
+from tornado.escape import json_encode, url_escape
 from tornado.template import Template
 
 from workbench_hub.handlers.base import APIHandler
+from workbench_hub.projects import list_templates
 
 HOME = Template(
     """<!doctype html>
@@ -13,6 +14,7 @@ HOME = Template(
 body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 60rem; color: #222; }
 table { border-collapse: collapse; width: 100%; } td, th { padding: .4rem .6rem; text-align: left; }
 tr + tr { border-top: 1px solid #ddd; } code { background: #f3f3f3; padding: 0 .2rem; }
+#create-project label { display: block; margin-bottom: .5rem; }
 </style></head>
 <body>
 <h1>Jupyter Workbench</h1>
@@ -31,9 +33,40 @@ tr + tr { border-top: 1px solid #ddd; } code { background: #f3f3f3; padding: 0 .
 {% else %}
 <p>You have no projects yet.</p>
 {% end %}
-<p>Create one with <code>workbench projects create NAME --token TOKEN</code>, or
+<h2 id="create">Create a project</h2>
+<form id="create-project">
+<p><label>Name <input name="name" required maxlength="63" pattern="[a-z0-9]([\\-a-z0-9]*[a-z0-9])?"
+ title="lower-case letters, digits and dashes"></label>
+<label>Template <select name="template"><option value="">none (empty project)</option>
+{% for t in templates %}
+<option value="{{ t['name'] }}">{{ t["name"] }}: {{ t["description"] }}</option>
+{% end %}</select></label>
+<button type="submit">Create</button></p>
+<p id="create-error" role="alert"></p>
+</form>
+<p>Or use <code>workbench projects create NAME --token TOKEN</code>, or
 <code>POST {{ api }}projects</code>; the API is described at
 <a href="{{ api }}openapi.json">openapi.json</a>.</p>
+<script>
+// POST to the API with this page's OAuth cookie and XSRF token; then the hub home lists it.
+document.getElementById("create-project").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const form = new FormData(event.target);
+  const body = {name: form.get("name")};
+  if (form.get("template")) body.template = form.get("template");
+  const r = await fetch({% raw json_encode(api + "projects") %}, {
+    method: "POST",
+    headers: {"Content-Type": "application/json", "X-XSRFToken": {% raw json_encode(xsrf) %}},
+    body: JSON.stringify(body),
+  });
+  if (r.status === 201) {
+    window.location = {% raw json_encode(hub + "home") %};
+    return;
+  }
+  const answer = await r.json().catch(() => ({}));
+  document.getElementById("create-error").textContent = answer.message || r.statusText;
+});
+</script>
 </body></html>
 """,
     autoescape="xhtml_escape",
@@ -41,7 +74,8 @@ tr + tr { border-top: 1px solid #ddd; } code { background: #f3f3f3; padding: 0 .
 
 
 class HomeHandler(APIHandler):
-    """Lists the caller's projects with links to their sessions; logs browsers in first."""
+    """Lists the caller's projects with links to their sessions, and a form to create one;
+    logs browsers in first."""
 
     get_login_url = HubOAuthenticated.get_login_url
 
@@ -63,5 +97,8 @@ class HomeHandler(APIHandler):
             hub=hub,
             api=self.request.path.rstrip("/") + "/api/v1/",
             url_escape=url_escape,
+            json_encode=json_encode,
+            templates=list_templates(),
+            xsrf=self.xsrf_token.decode(),
         )
         self.finish(page)
