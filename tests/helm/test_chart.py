@@ -441,6 +441,7 @@ def test_default_configuration(rendered, tmp_path, monkeypatch):
     # as in `workbench up`: sessions trust a token 5 s at most (revocation), hub admins follow
     assert "--HubOAuth.cache_max_age=5" in hub.Spawner.args.get_value([])
     assert "users" not in roles["workbench-admin"]
+    assert hub.JupyterHub.default_url == "/hub/home"  # the hub's pages lead to projects
     # the shared part is loaded by the hub too
     assert hub.UserNamespaces.hub_namespace == NAMESPACE
 
