@@ -54,6 +54,18 @@ class Client:
             return None
         return response.json()
 
+    def list(self, path, key, params=None):
+        """Every item of list endpoint `path`'s `key`, following its pages (``next``)."""
+        params = dict(params or {})
+        items = []
+        while True:
+            page = self.request("GET", path, params=params)
+            items.extend(page[key])
+            following = page.get("next")
+            if following is None:
+                return items
+            params.update(offset=following["offset"], limit=following["limit"])
+
     def request_bytes(self, method, path, **kwargs):
         """Like `request`, for answers that are not JSON (logs, files): the body as bytes."""
         return self._send(method, path, **kwargs).content

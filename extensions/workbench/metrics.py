@@ -261,7 +261,7 @@ class Metrics:
         model_crn=None,
         model_build_crn=None,
     ):
-        """`GET /model-metrics`: `{"metrics": [record, …]}` as the workbench answers it."""
+        """`GET /model-metrics`: `{"metrics": [record, …]}`, every record (read page by page)."""
         params = {
             "deploymentCrn": model_deployment_crn,
             "modelCrn": model_crn,
@@ -269,6 +269,5 @@ class Metrics:
             "startTimeStampMs": None if start_timestamp_ms is None else int(start_timestamp_ms),
             "endTimeStampMs": None if end_timestamp_ms is None else int(end_timestamp_ms),
         }
-        return self._client.request(
-            "GET", "model-metrics", params={k: v for k, v in params.items() if v is not None}
-        )
+        given = {k: v for k, v in params.items() if v is not None}
+        return {"metrics": self._client.list("model-metrics", "metrics", given)}

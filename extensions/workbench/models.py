@@ -32,7 +32,7 @@ class Models(_ProjectAPI):
     def list(self, project=None):
         """Every model of the project, as Model objects."""
         project = self._project(project)
-        data = self._client.request("GET", f"{_project_path(project)}/models")["models"]
+        data = self._client.list(f"{_project_path(project)}/models", "models")
         return [Model(self._client, project, model) for model in data]
 
     def get(self, name, project=None):
@@ -160,7 +160,7 @@ class Model(_Resource):
 
     def builds(self):
         """Every build of the model, as dicts (`number`, `state`, `message`, …)."""
-        return self._client.request("GET", f"{self._path}/builds")["builds"]
+        return self._client.list(f"{self._path}/builds", "builds")
 
     def build_log(self, number):
         """The log of build `number`, as text."""
@@ -169,7 +169,7 @@ class Model(_Resource):
 
     def deployments(self):
         """Every deployment of the model, as dicts (`number`, `state`, `replicas`, …)."""
-        return self._client.request("GET", f"{self._path}/deployments")["deployments"]
+        return self._client.list(f"{self._path}/deployments", "deployments")
 
     def keys(self):
         """The model's access keys, as dicts (`id`, `prefix`, `description`, `revoked`, …)."""

@@ -14,7 +14,7 @@ class Projects:
 
     def list(self):
         """Every project the caller may see, each a dict with its `role`."""
-        return self._client.request("GET", "projects")["projects"]
+        return self._client.list("projects", "projects")
 
     def get(self, name):
         """One project by name; WorkbenchError(404) if it does not exist for the caller."""
@@ -43,7 +43,7 @@ class Jobs(_ProjectAPI):
     def list(self, project=None):
         """Every job of the project, as Job objects, by name."""
         project = self._project(project)
-        data = self._client.request("GET", f"{_project_path(project)}/jobs")["jobs"]
+        data = self._client.list(f"{_project_path(project)}/jobs", "jobs")
         return [Job(self._client, job) for job in data]
 
     def get(self, name, project=None):
@@ -157,7 +157,7 @@ class Job(_Resource):
 
     def runs(self):
         """Every run of the job, newest first."""
-        runs = self._client.request("GET", f"{self._path}/runs")["runs"]
+        runs = self._client.list(f"{self._path}/runs", "runs")
         return [Run(self._client, run) for run in runs]
 
     def get_run(self, number):

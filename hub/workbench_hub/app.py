@@ -197,6 +197,15 @@ class WorkbenchService(Application):
         after. At least 1 (JupyterHub's HubAuth would take 0 as "forever").""",
     ).tag(config=True)
 
+    page_size = Int(
+        200,
+        min=1,
+        max=1000,
+        help="""How many items a list endpoint answers when the request gives no `limit`
+        (at most 1000, the largest `limit` a request may give). The answer's `next` names
+        the following page (docs/architecture.md, "Pagination").""",
+    ).tag(config=True)
+
     git_url_schemes = List(
         Unicode(),
         ["https", "ssh", "git"],

@@ -46,8 +46,9 @@ async def query(
     since: datetime | None = None,
     until: datetime | None = None,
     limit: int = 100,
+    offset: int = 0,
 ) -> list[AuditEvent]:
-    """Events matching every given filter, newest first."""
+    """Events matching every given filter, newest first, `offset` skipped, at most `limit`."""
     statement = select(AuditEvent)
     for column, value in (
         (AuditEvent.actor, actor),
@@ -61,7 +62,8 @@ async def query(
         statement = statement.where(AuditEvent.time >= since)
     if until is not None:
         statement = statement.where(AuditEvent.time <= until)
-    statement = statement.order_by(AuditEvent.time.desc(), AuditEvent.id.desc()).limit(limit)
+    statement = statement.order_by(AuditEvent.time.desc(), AuditEvent.id.desc())
+    statement = statement.limit(limit).offset(offset)
     return list((await session.scalars(statement)).all())
 
 

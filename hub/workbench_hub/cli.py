@@ -126,6 +126,17 @@ def _call(args, method: str, path: str, **kwargs):
     return response.json() if response.content else None
 
 
+def _list(args, path: str, key: str) -> list:
+    """Every item of list endpoint `path`'s `key`, following its pages (``next``)."""
+    items, params = [], {}
+    while True:
+        page = _call(args, "GET", path, params=params)
+        items.extend(page[key])
+        if page.get("next") is None:
+            return items
+        params = {"offset": page["next"]["offset"], "limit": page["next"]["limit"]}
+
+
 def _raise_for(response: httpx.Response):
     try:
         message = response.json().get("message", response.text)
@@ -152,7 +163,7 @@ def _project_row(project: dict) -> dict:
 
 
 def cmd_projects_list(args) -> int:
-    projects = _call(args, "GET", "projects")["projects"]
+    projects = _list(args, "projects", "projects")
     if args.json:
         _print(args, projects, PROJECT_COLUMNS)
     else:
@@ -347,7 +358,7 @@ def cmd_jobs_create(args) -> int:
 
 
 def cmd_jobs_list(args) -> int:
-    jobs = _call(args, "GET", f"projects/{args.project}/jobs")["jobs"]
+    jobs = _list(args, f"projects/{args.project}/jobs", "jobs")
     _print(args, jobs if args.json else [_job_row(j) for j in jobs], JOB_COLUMNS)
     return 0
 
@@ -392,7 +403,7 @@ def _wait_for_run(args, number: int) -> dict:
 
 
 def cmd_jobs_runs(args) -> int:
-    runs = _call(args, "GET", _job_path(args, "runs"))["runs"]
+    runs = _list(args, _job_path(args, "runs"), "runs")
     _print(args, runs if args.json else [_run_row(r) for r in runs], RUN_COLUMNS)
     return 0
 
@@ -405,7 +416,7 @@ def cmd_jobs_stop(args) -> int:
 def cmd_jobs_logs(args) -> int:
     number = args.run
     if number is None:
-        runs = _call(args, "GET", _job_path(args, "runs"))["runs"]
+        runs = _call(args, "GET", _job_path(args, "runs"), params={"limit": 1})["runs"]
         if not runs:
             raise CLIError(f"job {args.job} has no runs yet")
         number = runs[0]["number"]
@@ -478,7 +489,7 @@ def cmd_models_deploy(args) -> int:
         "env": _key_values(args.env, "--env") if args.env else None,
     }
     fields = {k: v for k, v in fields.items() if v is not None}
-    models = _call(args, "GET", f"projects/{args.project}/models")["models"]
+    models = _list(args, f"projects/{args.project}/models", "models")
     if any(m["name"] == args.model for m in models):
         if fields:
             _call(args, "PATCH", _model_path(args), json=fields)
@@ -519,7 +530,7 @@ def cmd_models_deploy(args) -> int:
 
 
 def cmd_models_list(args) -> int:
-    models = _call(args, "GET", f"projects/{args.project}/models")["models"]
+    models = _list(args, f"projects/{args.project}/models", "models")
     _print(args, models if args.json else [_model_row(m) for m in models], MODEL_COLUMNS)
     return 0
 
@@ -532,7 +543,7 @@ def cmd_models_builds(args) -> int:
             _raise_for(response)
         sys.stdout.write(response.text)
         return 0
-    builds = _call(args, "GET", _model_path(args, "builds"))["builds"]
+    builds = _list(args, _model_path(args, "builds"), "builds")
     _print(args, builds, BUILD_COLUMNS)
     return 0
 

@@ -340,7 +340,7 @@ def test_roles(project, user, admin):
 
     # viewers read, but neither run nor edit
     assert viewer("GET", jobs_url(name, job), 200)["name"] == job
-    assert viewer("GET", jobs_url(name, job, "runs"), 200) == {"runs": []}
+    assert viewer("GET", jobs_url(name, job, "runs"), 200) == {"runs": [], "next": None}
     assert "operator" in viewer.error("POST", jobs_url(name, job, "runs"), 403)
     viewer.error("POST", jobs_url(name), 403, json={"name": "v", "target": "script.py"})
 
@@ -539,4 +539,4 @@ def test_deleting_a_project_removes_its_pipelines(user):
     alice.error("GET", jobs_url(name), 404)
     # a new project of the same name starts without jobs
     alice("POST", "/projects", 201, json={"name": name})
-    assert alice("GET", jobs_url(name), 200) == {"jobs": []}
+    assert alice("GET", jobs_url(name), 200) == {"jobs": [], "next": None}

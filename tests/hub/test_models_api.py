@@ -99,7 +99,10 @@ def test_deploy_needs_a_succeeded_build(owner, project, model):
     owner.error(
         "POST", f"/projects/{name}/models/echo/deployments", 404, field="build", json={"build": 9}
     )
-    assert owner("GET", f"/projects/{name}/models/echo/deployments", 200) == {"deployments": []}
+    assert owner("GET", f"/projects/{name}/models/echo/deployments", 200) == {
+        "deployments": [],
+        "next": None,
+    }
     owner("GET", f"/projects/{name}/models/echo/builds/1", 404)
     owner("GET", f"/projects/{name}/models/echo/stats", 404)
 

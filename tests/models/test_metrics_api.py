@@ -176,6 +176,12 @@ def test_replica_ingest_then_track_and_read_metrics(wb, user, deployment):
         },
     )
     assert read(alice, deploymentCrn=deployment.crn) == {"metrics": expected}
+    paged, offset = [], 0
+    while offset is not None:  # pages only when asked, delayed metrics merged in each
+        page = read(alice, deploymentCrn=deployment.crn, limit="5", offset=str(offset))
+        paged += page["metrics"]
+        offset = page["next"] and page["next"]["offset"]
+    assert paged == expected
     assert read(alice, modelCrn=deployment.model_crn)["metrics"] == expected
     assert read(alice, buildCrn=deployment.builds[0])["metrics"] == expected
     window = read(

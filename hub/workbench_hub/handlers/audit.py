@@ -1,13 +1,9 @@
 """The audit log: events posted by the spawner, and the admins' query."""
 
-import re
 from datetime import datetime
 
 from workbench_hub import audit
 from workbench_hub.handlers.base import APIError, APIHandler, Field
-
-MAX_LIMIT = 1000
-_LIMIT = re.compile(r"[0-9]{1,4}")
 
 
 def _time_argument(handler: APIHandler, name: str) -> datetime | None:
@@ -36,18 +32,17 @@ class AuditHandler(APIHandler):
             key: self.get_query_argument(key, None)
             for key in ("actor", "action", "object_type", "object_id")
         }
-        limit_text = self.get_query_argument("limit", "100")
-        if not _LIMIT.fullmatch(limit_text) or not 1 <= int(limit_text) <= MAX_LIMIT:
-            raise APIError(400, f"limit must be an integer from 1 to {MAX_LIMIT}", field="limit")
+        page = self.page()
         async with self.db.session() as session:
             events = await audit.query(
                 session,
                 **filters,
                 since=_time_argument(self, "since"),
                 until=_time_argument(self, "until"),
-                limit=int(limit_text),
+                limit=page.limit + 1,
+                offset=page.offset,
             )
-        self.write_json({"events": [audit.to_json(e) for e in events]})
+        self.write_page("events", [audit.to_json(e) for e in page.cut(events)], page)
 
     async def post(self):
         if not self.is_service:

@@ -3,8 +3,10 @@
 import json
 import math
 import os
+import re
 from dataclasses import dataclass
 from http import HTTPStatus
+from urllib.parse import parse_qsl, urlencode
 
 from jupyterhub.services.auth import HubOAuthenticated, UserNotAllowed
 from sqlalchemy import select
@@ -26,6 +28,9 @@ MAX_STRING = 65_536
 MAX_TEXT = 4_000
 #: the integers a body field may hold unless its `Field` says otherwise
 MIN_INT64, MAX_INT64 = -(2**63), 2**63 - 1
+#: the largest `limit` of a list endpoint (docs/architecture.md, "Pagination")
+MAX_PAGE = 1000
+_DIGITS = re.compile(r"[0-9]{1,19}")
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,31 @@ class APIError(web.HTTPError):
         super().__init__(status, message)
         self.message = message
         self.field = field
+
+
+class Page:
+    """The slice of a list a request asked for with ``limit`` and ``offset``.
+
+    Offsets, as in JupyterHub's REST API, rather than cursors: every list is ordered by a
+    unique key (a name, a number, an id), so a page never repeats or skips an item while the
+    list stands still; a concurrent insert before the offset shifts the following pages by
+    one, which a caller reading a changing list must accept from either scheme. `more` tells,
+    after `scalars` or `cut`, whether another page follows: each page reads one row past its
+    end to know.
+    """
+
+    def __init__(self, limit: int, offset: int) -> None:
+        self.limit, self.offset, self.more = limit, offset, False
+
+    async def scalars(self, session, statement) -> list:
+        """This page of `statement`'s objects, read with LIMIT/OFFSET."""
+        statement = statement.limit(self.limit + 1).offset(self.offset)
+        return self.cut(list((await session.scalars(statement)).all()))
+
+    def cut(self, rows: list) -> list:
+        """`rows` (this page and at most one row more) without the row past the page."""
+        self.more = len(rows) > self.limit
+        return rows[: self.limit]
 
 
 class APIHandler(HubOAuthenticated, web.RequestHandler):
@@ -291,6 +321,37 @@ class APIHandler(HubOAuthenticated, web.RequestHandler):
                 detail=detail,
             )
             await session.commit()
+
+    # lists
+
+    def page(self) -> Page:
+        """The page that ``limit`` (1 to `MAX_PAGE`, default `WorkbenchService.page_size`)
+        and ``offset`` (default 0) ask for; 400 naming the argument for a bad value."""
+        limit = self._page_argument("limit", self.service.page_size, 1, MAX_PAGE)
+        return Page(limit, self._page_argument("offset", 0, 0, MAX_INT64))
+
+    def _page_argument(self, name: str, default: int, low: int, high: int) -> int:
+        text = self.get_query_argument(name, None)
+        if text is None:
+            return default
+        if not _DIGITS.fullmatch(text) or not low <= int(text) <= high:
+            raise APIError(400, f"{name} must be an integer from {low} to {high}", field=name)
+        return int(text)
+
+    def write_page(self, key: str, items: list, page: Page) -> None:
+        """Answer ``{key: items, "next": …}``: `next` is null on the last page, else the
+        ``offset``, ``limit`` and ``url`` (this request's, with the next offset) of the next."""
+        following = None
+        if page.more:
+            offset = page.offset + page.limit
+            query = dict(parse_qsl(self.request.query, keep_blank_values=True))
+            query.update(offset=str(offset), limit=str(page.limit))
+            following = {
+                "offset": offset,
+                "limit": page.limit,
+                "url": f"{self.request.path}?{urlencode(query)}",
+            }
+        self.write_json({key: items, "next": following})
 
     # responses
 

@@ -18,16 +18,15 @@ class DeploymentListHandler(ModelsAPIHandler):
             _, model, _ = await self.model_for(
                 session, project_name, model_name, Role.VIEWER, "viewing"
             )
-            deployments = (
-                await session.scalars(
-                    select(ModelDeployment)
-                    .where(ModelDeployment.model_id == model.id)
-                    .order_by(ModelDeployment.number.desc())
-                )
-            ).all()
-            self.write_json(
-                {"deployments": [await self.deployment_json(session, d) for d in deployments]}
+            page = self.page()
+            deployments = await page.scalars(
+                session,
+                select(ModelDeployment)
+                .where(ModelDeployment.model_id == model.id)
+                .order_by(ModelDeployment.number.desc()),
             )
+            items = [await self.deployment_json(session, d) for d in deployments]
+        self.write_page("deployments", items, page)
 
     async def post(self, project_name: str, model_name: str) -> None:
         body = self.json_body({"build": int, "replicas": REPLICAS})

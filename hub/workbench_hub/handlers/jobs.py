@@ -229,13 +229,12 @@ class JobListHandler(JobsAPIHandler):
     async def get(self, name):
         async with self.db.session() as session:
             project, _ = await self.project_for(session, name, Role.VIEWER, "viewing")
-            jobs = (
-                await session.scalars(
-                    select(Job).where(Job.project_id == project.id).order_by(Job.name)
-                )
-            ).all()
-            result = await self.jobs_json(session, project, list(jobs))
-        self.write_json({"jobs": result})
+            page = self.page()
+            jobs = await page.scalars(
+                session, select(Job).where(Job.project_id == project.id).order_by(Job.name)
+            )
+            result = await self.jobs_json(session, project, jobs)
+        self.write_page("jobs", result, page)
 
     async def post(self, name):
         async with self.db.session() as session:

@@ -15,14 +15,14 @@ class BuildListHandler(ModelsAPIHandler):
             _, model, _ = await self.model_for(
                 session, project_name, model_name, Role.VIEWER, "viewing"
             )
-            builds = (
-                await session.scalars(
-                    select(ModelBuild)
-                    .where(ModelBuild.model_id == model.id)
-                    .order_by(ModelBuild.number.desc())
-                )
-            ).all()
-        self.write_json({"builds": [build_json(b) for b in builds]})
+            page = self.page()
+            builds = await page.scalars(
+                session,
+                select(ModelBuild)
+                .where(ModelBuild.model_id == model.id)
+                .order_by(ModelBuild.number.desc()),
+            )
+        self.write_page("builds", [build_json(b) for b in builds], page)
 
     async def post(self, project_name: str, model_name: str) -> None:
         self.json_body({})

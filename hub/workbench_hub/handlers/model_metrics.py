@@ -106,8 +106,14 @@ class MetricsReadHandler(MetricsAPIHandler):
             )
         async with self.db.session() as session:
             deployment_ids = await self._deployments(session, given)
-        records = await self.store.read(deployment_ids, start, end)
-        self.write_bytes(orjson.dumps({"metrics": records}))
+        if not {"limit", "offset"} & set(self.request.query_arguments):
+            # unpaged, as Cloudera answers: every record (scripts flatten result["metrics"])
+            records = await self.store.read(deployment_ids, start, end)
+            self.write_bytes(orjson.dumps({"metrics": records}))
+            return
+        page = self.page()
+        records = await self.store.read(deployment_ids, start, end, page.limit + 1, page.offset)
+        self.write_page("metrics", page.cut(records), page)
 
     def _ms_argument(self, name: str, default: int | None) -> int | None:
         value = self.get_query_argument(name, "")

@@ -198,14 +198,12 @@ class ModelListHandler(ModelsAPIHandler):
     async def get(self, project_name: str) -> None:
         async with self.db.session() as session:
             project, _ = await self.project_for(session, project_name, Role.VIEWER, "viewing")
-            models = (
-                await session.scalars(
-                    select(Model).where(Model.project_id == project.id).order_by(Model.name)
-                )
-            ).all()
-            self.write_json(
-                {"models": [await self.model_json(session, project, m) for m in models]}
+            page = self.page()
+            models = await page.scalars(
+                session, select(Model).where(Model.project_id == project.id).order_by(Model.name)
             )
+            items = [await self.model_json(session, project, m) for m in models]
+        self.write_page("models", items, page)
 
     async def post(self, project_name: str) -> None:
         body = self.json_body(_FIELDS, required=("name", "file", "function"))

@@ -32,8 +32,12 @@ def _visibility(body: dict) -> str:
 
 class ProjectListHandler(APIHandler):
     async def get(self):
-        _, body = await self.project_listing()
-        self.finish(body)
+        """Pages of the cached listing: which projects a caller sees is worked out per row
+        (team visibility asks the hub for groups), so this list is sliced, not LIMITed."""
+        page = self.page()
+        projects, _ = await self.project_listing()
+        end = page.offset + page.limit + 1
+        self.write_page("projects", page.cut(projects[page.offset : end]), page)
 
     async def post(self):
         body = self.json_body(

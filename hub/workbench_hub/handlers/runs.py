@@ -65,13 +65,13 @@ class RunListHandler(RunsAPIHandler):
     async def get(self, name, job):
         async with self.db.session() as session:
             project, found, _ = await self.job_for(session, name, job, Role.VIEWER, "viewing")
-            runs = (
-                await session.scalars(
-                    select(JobRun).where(JobRun.job_id == found.id).order_by(JobRun.number.desc())
-                )
-            ).all()
+            page = self.page()
+            runs = await page.scalars(
+                session,
+                select(JobRun).where(JobRun.job_id == found.id).order_by(JobRun.number.desc()),
+            )
             result = await self.runs_json(session, project, runs)
-        self.write_json({"runs": result})
+        self.write_page("runs", result, page)
 
     async def post(self, name, job):
         self.json_body({})

@@ -505,14 +505,21 @@ class MetricsStore(LoggingConfigurable):
     # ---------------------------------------------------------------- reads
 
     async def read(
-        self, deployment_ids: Sequence[int], start_ms: int = 0, end_ms: int | None = None
+        self,
+        deployment_ids: Sequence[int],
+        start_ms: int = 0,
+        end_ms: int | None = None,
+        limit: int | None = None,
+        offset: int = 0,
     ) -> list[dict]:
         """Records of the deployments whose start lies in [start_ms, end_ms] (default: now).
 
         Each is ``{"startTimeStampMs", "endTimeStampMs", "predictionUuid", "metrics"}``:
         predictions with their delayed metrics merged in (later ones override earlier keys),
         aggregates and rollups with ``predictionUuid`` None (rollups also carry ``"rollup":
-        {"count"}``), ordered by start time, then by when they were written.
+        {"count"}``), ordered by start time, then by when they were written. `limit` (None:
+        all) and `offset` count records: the database pages the predictions, aggregates and
+        rollups, then reads the delayed metrics of that page's predictions.
         """
         if end_ms is None:
             end_ms = now_ms()
@@ -534,7 +541,16 @@ class MetricsStore(LoggingConfigurable):
             .order_by(_TABLE.c.start_ms, _TABLE.c.id)
         )
         async with self.db.engine.connect() as conn:
-            rows = (await conn.execute(statement)).all()
+            if limit is None:
+                rows = (await conn.execute(statement)).all()
+            else:
+                records = statement.where(_TABLE.c.kind != "delayed").limit(limit).offset(offset)
+                rows = (await conn.execute(records)).all()
+                uuids = {row.prediction_uuid for row in rows if row.kind == "prediction"}
+                delayed = statement.where(
+                    _TABLE.c.kind == "delayed", _TABLE.c.prediction_uuid.in_(uuids)
+                )
+                rows += (await conn.execute(delayed)).all() if uuids else []
         loads = orjson.loads
         delayed: dict[str, list[str]] = {}
         for kind, uuid, _, _, text in rows:
