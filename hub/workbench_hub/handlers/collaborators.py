@@ -1,5 +1,7 @@
 """Project collaborators: list, add or change a role, remove."""
 
+import re
+
 from sqlalchemy import select
 
 from workbench_hub import audit
@@ -92,10 +94,14 @@ class CollaboratorHandler(APIHandler):
         self.finish()
 
 
+#: a hub user the workbench may create: what people log in as here (openapi.yaml says it)
+NEW_HUB_USER = re.compile(r"[a-z0-9_@+-][a-z0-9._@+-]{0,254}")
+
+
 def valid_hub_user_name(name: str) -> bool:
-    """Whether a person could log in as `name`: JupyterHub's own rules (not empty, no ``/``,
-    not dots only, no surrounding space) and already normalized (its logins are lower case)."""
-    return bool(name) and "/" not in name and set(name) != {"."} and name == name.strip().lower()
+    """Whether the workbench may create hub user `name` (lower case, no `/` or space, not
+    starting with a dot: JupyterHub's logins are normalized to lower case)."""
+    return NEW_HUB_USER.fullmatch(name) is not None
 
 
 handlers = [
