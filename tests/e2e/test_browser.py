@@ -8,45 +8,27 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.harness import Workbench
+from tests.e2e.browser import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    DOCS_IMAGES,
+    login,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 USER, PASSWORD = "dana", "dana-pass-123"
 #: Where the screenshot of the Workbench panel is saved (for a human to look at).
 SCREENSHOT = Path(
     os.environ.get("WORKBENCH_SCREENSHOT")
     or Path(tempfile.gettempdir()) / "workbench-browser-panel.png"
 )
-#: Where the panel's screenshots for the docs go (docs/ui.md shows them).
-DOCS_IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
 
 
 @pytest.fixture(scope="module")
-def running():
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(f"no Chromium at {CHROMIUM}")
-    pytest.importorskip("playwright.async_api")
-    wb = Workbench().start()
-    yield wb
-    if wb.proc.poll() is None:
-        wb.stop()
-
-
-@pytest.fixture(scope="module")
-def dana(running):
+def dana(browser_workbench):
     """User dana with a password and two projects: alpha (from a template) and beta."""
-    wb = running
+    wb = browser_workbench
     wb.add_login(USER, PASSWORD)
     token = wb.user_token(USER)
     for body in ({"name": "alpha", "template": "python-starter"}, {"name": "beta"}):
@@ -69,17 +51,8 @@ async def test_login_spawn_and_workbench_panel(dana):
             executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
         )
         try:
-            context = await browser.new_context(viewport={"width": 1400, "height": 900})
-            context.set_default_timeout(30_000)
-            page = await context.new_page()
-
             # Log in through the hub's login form.
-            await page.goto(f"{wb.url}/hub/login")
-            await page.fill("input[name=username]", USER)
-            await page.fill("input[name=password]", PASSWORD)
-            async with page.expect_navigation():
-                await page.click("[type=submit]")
-            assert "/hub/login" not in page.url, await page.content()
+            page = await login(browser, wb, USER, PASSWORD, width=1400, height=900)
 
             # The workbench spawn form offers the project and the profiles.
             await page.goto(f"{wb.url}/hub/spawn/{USER}/alpha")

@@ -2,37 +2,28 @@
 and no path through them ends in the default server's refusal."""
 
 import re
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.e2e.test_browser import CHROMIUM, CHROMIUM_ARGS, running  # noqa: F401
+from tests.e2e.browser import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    DOCS_IMAGES,
+    login,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
 USER, PASSWORD = "erin", "erin-pass-123"
-IMAGES = Path(__file__).parents[2] / "docs" / "images"
-
-
-async def _login(browser, wb, name, password):
-    context = await browser.new_context(viewport={"width": 1200, "height": 720})
-    context.set_default_timeout(30_000)
-    page = await context.new_page()
-    await page.goto(f"{wb.url}/hub/login")
-    await page.fill("input[name=username]", name)
-    await page.fill("input[name=password]", password)
-    async with page.expect_navigation():
-        await page.click("[type=submit]")
-    return page
 
 
 def _refused(text: str) -> bool:
     return "SpawnException" in text or "Error: 400" in text
 
 
-def test_sharing_with_a_user_who_never_logged_in(running):  # noqa: F811
-    wb = running
+def test_sharing_with_a_user_who_never_logged_in(browser_workbench):
+    wb = browser_workbench
     token = wb.user_token("olga")
     api = httpx.Client(base_url=wb.api_url, headers={"Authorization": f"token {token}"})
     assert api.post("/projects", json={"name": "olgas"}, timeout=60).status_code == 201
@@ -46,31 +37,31 @@ def test_sharing_with_a_user_who_never_logged_in(running):  # noqa: F811
     assert r.status_code == 400 and r.json()["field"] == "user", r.text
 
 
-async def test_first_project_to_session_and_back(running):  # noqa: F811
+async def test_first_project_to_session_and_back(browser_workbench):
     from playwright.async_api import async_playwright, expect
 
-    wb = running
+    wb = browser_workbench
     wb.add_login(USER, PASSWORD)
-    IMAGES.mkdir(exist_ok=True)
+    DOCS_IMAGES.mkdir(exist_ok=True)
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(
             executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
         )
         try:
-            page = await _login(browser, wb, USER, PASSWORD)
+            page = await login(browser, wb, USER, PASSWORD)
 
             # No project yet: the hub home (the default URL) calls to create the first one.
             await page.wait_for_url(re.compile(r"/hub/home"))
             first = page.locator("#workbench-first-project")
             await expect(first).to_contain_text("Create your first project")
-            await page.screenshot(path=IMAGES / "hub-home-first-project.png")
+            await page.screenshot(path=DOCS_IMAGES / "hub-home-first-project.png")
 
             # Its link leads to the Workbench page, whose form creates the project.
             await page.click("#workbench-create")
             await page.wait_for_url(re.compile(r"/services/workbench/"))
             await page.fill("#create-project input[name=name]", "first")
             await page.select_option("#create-project select[name=template]", "python-starter")
-            await page.screenshot(path=IMAGES / "workbench-create-project.png", full_page=True)
+            await page.screenshot(path=DOCS_IMAGES / "workbench-create-project.png", full_page=True)
             async with page.expect_navigation(url=re.compile(r"/hub/home")):
                 await page.click("#create-project [type=submit]")
 
@@ -79,7 +70,7 @@ async def test_first_project_to_session_and_back(running):  # noqa: F811
             await expect(row).to_have_attribute("data-state", "stopped")
             await row.locator(".workbench-start").click()
             await expect(row).to_have_attribute("data-state", "running", timeout=120_000)
-            await page.screenshot(path=IMAGES / "hub-home-projects.png")
+            await page.screenshot(path=DOCS_IMAGES / "hub-home-projects.png")
 
             # Open leads to JupyterLab in the project's session.
             await row.locator(".workbench-open").click()
@@ -101,7 +92,7 @@ async def test_first_project_to_session_and_back(running):  # noqa: F811
                 text = await page.locator("body").inner_text()
                 assert "Sessions run per project" in text and not _refused(text), text
                 assert await page.locator("#spawn_form").count() == 0
-            await page.screenshot(path=IMAGES / "hub-spawn-default-server.png")
+            await page.screenshot(path=DOCS_IMAGES / "hub-spawn-default-server.png")
             await page.click("#workbench-projects-link")
             await page.wait_for_url(re.compile(r"/hub/home"))
 
@@ -121,7 +112,7 @@ async def test_first_project_to_session_and_back(running):  # noqa: F811
             )
             assert r.status_code == 200, r.text
             wb.add_login("fran", "fran-pass-123")
-            fran = await _login(browser, wb, "fran", "fran-pass-123")
+            fran = await login(browser, wb, "fran", "fran-pass-123")
             await fran.wait_for_url(re.compile(r"/hub/home"))
             shared = fran.locator("tr.workbench-project[data-project=first]")
             await expect(shared).to_contain_text("viewer")
