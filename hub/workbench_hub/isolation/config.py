@@ -10,11 +10,7 @@ from traitlets import Bool, Instance, List, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from workbench_hub.isolation.accounts import Account, UnixAccounts
-from workbench_hub.isolation.sandbox import Bind, SandboxPolicy
-
-
-def _under(path: str, parent: str) -> bool:
-    return path == parent or path.startswith(parent.rstrip("/") + "/")
+from workbench_hub.isolation.sandbox import Bind, SandboxPolicy, under
 
 
 class Isolation(LoggingConfigurable):
@@ -69,9 +65,9 @@ class Isolation(LoggingConfigurable):
             if not os.path.isdir(path) or path == "/":
                 continue
             # never a hidden directory, nor one holding it (that would show it again)
-            if any(_under(path, h) or _under(h, path) for h in hidden):
+            if any(under(path, h) or under(h, path) for h in hidden):
                 continue
-            if not any(_under(path, kept) for kept in found):
+            if not any(under(path, kept) for kept in found):
                 found.append(path)
         return found
 

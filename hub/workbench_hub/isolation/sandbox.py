@@ -96,7 +96,8 @@ def _mount(source: str | None, target: str, fstype: str | None, flags: int, data
         raise SandboxError(errno, f"cannot mount {target}: {os.strerror(errno)}")
 
 
-def _under(path: str, parent: str) -> bool:
+def under(path: str, parent: str) -> bool:
+    """Whether `path` is `parent` or lies below it (both normalized, absolute)."""
     return path == parent or path.startswith(parent.rstrip("/") + "/")
 
 
@@ -126,9 +127,9 @@ def plan_masks(policy: SandboxPolicy) -> list[str]:
     tmp = [os.path.realpath(t) for t in policy.tmp]
     chosen: list[str] = []
     for mask in sorted(masks, key=lambda p: (p.count("/"), p)):
-        if mask == "/" or any(_under(mask, t) for t in tmp):
+        if mask == "/" or any(under(mask, t) for t in tmp):
             continue  # under a private tmp: hidden already
-        if not any(_under(mask, c) for c in chosen):
+        if not any(under(mask, c) for c in chosen):
             chosen.append(mask)
     return chosen
 
