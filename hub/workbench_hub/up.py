@@ -39,10 +39,12 @@ def _become_subreaper() -> None:
         libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
-def _private_file(path: Path, value: str) -> Path:
-    """Write `value` to a file only this account may read (replacing it)."""
+def _private_file(path: Path, value: str, exclusive: bool = False) -> Path:
+    """Write `value` to a file only this account may read: replacing it, or (`exclusive`)
+    failing if it exists."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
+    fd = os.open(path, flags, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(value)
     return path
@@ -52,11 +54,8 @@ def _secret_file(path: Path, nbytes: int = 32) -> str:
     """Read a secret from a 0600 file, creating it on first use."""
     if path.exists():
         return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     value = secrets.token_hex(nbytes)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(value)
+    _private_file(path, value, exclusive=True)
     return value
 
 
